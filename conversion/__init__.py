@@ -1,0 +1,1 @@
+"""Checkpoint writers: official Uni-MoE → Hub format, and tiny random test checkpoints."""

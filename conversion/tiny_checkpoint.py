@@ -1,0 +1,134 @@
+"""Tiny random Uni-MoE checkpoints, like the Hub's `tiny-random-*` test models.
+
+    unimoe-tiny-checkpoint DIR [--no-vision] [--no-speech] [--no-audio] [--seed N]
+
+writes a folder that `AutoModel.from_pretrained(DIR, trust_remote_code=True)` loads: a random
+model with every encoder (unless left out), its remote code, and a real (tiny) sentencepiece
+LLaMA tokenizer with the placeholder tokens. `tiny_config()` is the one tiny-config factory
+shared by tests, docs and examples.
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from modeling_unimoe import UniMoeConfig, UniMoeForConditionalGeneration
+
+PLACEHOLDER_TOKENS = ("<image>", "<video>", "<speech>", "<audio>")
+
+# Text the tiny tokenizer is trained on: the chat template's words plus plain English, so
+# prompts tokenise into a handful of pieces rather than bytes.
+_TOKENIZER_CORPUS = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    "USER: What is in the image? ASSISTANT: A red circle on the left.",
+    "USER: What does the speaker say? ASSISTANT: one two three four five six seven eight nine zero",
+    "Describe the video. The blue square moves up, down, left and right.",
+    "What sound is this? A high tone, a low tone, a chord and a burst of noise.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 yes no colour shape count",
+)
+
+
+def tiny_config(
+    *,
+    vision: bool = True,
+    speech: bool = True,
+    audio: bool = True,
+    vocab_size: int = 400,
+    **text_overrides,
+) -> UniMoeConfig:
+    """A Uni-MoE config small enough for unit tests (hidden 32, 2 layers, 4 experts, top-2).
+
+    `vocab_size` matches the tiny tokenizer; placeholder ids follow it, as they follow the
+    32000-token vocabulary of the released model.
+    """
+    text_config = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        num_experts=4,
+        num_experts_per_tok=2,
+    )
+    text_config.update(text_overrides)
+    vision_config = speech_config = audio_config = None
+    del vision, speech, audio  # the encoders arrive with the encoders issue
+    return UniMoeConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        speech_config=speech_config,
+        audio_config=audio_config,
+        image_token_id=vocab_size,
+        video_token_id=vocab_size + 1,
+        speech_token_id=vocab_size + 2,
+        audio_token_id=vocab_size + 3,
+    )
+
+
+def build_tiny_tokenizer(vocab_size: int = 400):
+    """Trains a real sentencepiece BPE model in LLaMA's layout (unk 0, bos 1, eos 2, byte
+    fallback) and wraps it as a `transformers` LLaMA tokenizer with the placeholder tokens."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(_TOKENIZER_CORPUS * 20),
+            model_prefix=str(Path(tmp) / "tokenizer"),
+            vocab_size=vocab_size,
+            model_type="bpe",
+            byte_fallback=True,
+            split_digits=True,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            character_coverage=1.0,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            hard_vocab_limit=False,
+            minloglevel=2,
+            num_threads=1,
+        )
+        tokenizer = LlamaTokenizer.from_pretrained(tmp)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDER_TOKENS)})
+    tokenizer.pad_token = tokenizer.unk_token  # as the official model: pad = unk = 0
+    return tokenizer
+
+
+def write_tiny_checkpoint(
+    directory: str | Path, *, vision: bool = True, speech: bool = True, audio: bool = True, seed: int = 0
+) -> Path:
+    """Writes a tiny random model, its remote code and its tokenizer to `directory`."""
+    directory = Path(directory)
+    tokenizer = build_tiny_tokenizer()
+    if len(tokenizer) != 400 + len(PLACEHOLDER_TOKENS):
+        raise RuntimeError(f"tiny tokenizer has {len(tokenizer)} tokens, expected 404")
+    torch.manual_seed(seed)
+    model = UniMoeForConditionalGeneration(tiny_config(vision=vision, speech=speech, audio=audio))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("directory", help="folder to write (created if missing)")
+    parser.add_argument("--no-vision", action="store_true", help="leave out the CLIP image/video encoder")
+    parser.add_argument("--no-speech", action="store_true", help="leave out the Whisper speech encoder")
+    parser.add_argument("--no-audio", action="store_true", help="leave out the BEATs audio encoder")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = write_tiny_checkpoint(
+        args.directory, vision=not args.no_vision, speech=not args.no_speech, audio=not args.no_audio, seed=args.seed
+    )
+    print(f"wrote a tiny random Uni-MoE checkpoint to {path}")
+
+
+if __name__ == "__main__":
+    main()

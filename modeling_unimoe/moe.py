@@ -1,0 +1,152 @@
+"""The sparse Mixture-of-Experts MLP of Uni-MoE: router, experts, block.
+
+    hidden (T, H) ──► UniMoeRouter ──► top_k_index (T, k), top_k_weights (T, k)
+          │                                   │
+          └──► sort the T·k (token, slot) pairs by expert ──► one GEMM chain per expert
+                                                             on its contiguous slice
+                                                  ──► weight, scatter-add back ──► (T, H)
+
+Experts are one `nn.Module` each, so state-dict keys match the official checkpoints
+(`mlp.gate.weight`, `mlp.experts.{k}.{gate,up,down}_proj.weight`), Accelerate device maps can
+place single experts on different devices, and bitsandbytes/PEFT see plain `nn.Linear`s.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaMLP
+
+from .configuration_unimoe import UniMoeTextConfig
+
+
+class UniMoeMLP(LlamaMLP):
+    """Dense SwiGLU MLP of the layers without MoE."""
+
+
+class UniMoeExpert(LlamaMLP):
+    """One expert: a SwiGLU MLP with `gate_proj`, `up_proj`, `down_proj`."""
+
+
+class UniMoeRouter(nn.Module):
+    """Linear router over the experts; returns `(router_logits, top_k_weights, top_k_index)`.
+
+    Two official routers (`config.router_type`):
+    - `topk_softmax` (4-expert models): top-k of the logits, softmax over the k selected
+      logits in fp32. This equals renormalising the top-k of a softmax over all experts.
+    - `gshard_top2` (8-expert DeepSpeed models): logits in fp32, softmax over all experts,
+      top-2 renormalised. In training the second expert is drawn as DeepSpeed does, the argmax
+      of Gumbel-noised logits outside the first choice; at inference it is the plain argmax
+      (DeepSpeed also adds the noise at inference, which makes its outputs non-deterministic).
+    """
+
+    def __init__(self, config: UniMoeTextConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.num_experts
+        self.router_type = config.router_type
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.router_type == "gshard_top2":
+            router_logits = F.linear(hidden_states.float(), self.weight.float())  # (T, E)
+            probs = router_logits.softmax(dim=-1)
+            if self.training:
+                first = router_logits.argmax(dim=-1, keepdim=True)
+                noisy = router_logits - torch.empty_like(router_logits).exponential_().log()  # + Gumbel(0, 1)
+                second = noisy.scatter(-1, first, float("-inf")).argmax(dim=-1, keepdim=True)
+                top_k_index = torch.cat([first, second], dim=-1)
+            else:
+                top_k_index = router_logits.topk(2, dim=-1).indices
+            top_k_weights = probs.gather(-1, top_k_index)
+            top_k_weights = top_k_weights / top_k_weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(probs.dtype).eps)
+        else:
+            router_logits = F.linear(hidden_states, self.weight)  # (T, E)
+            top_k_logits, top_k_index = router_logits.topk(self.top_k, dim=-1)
+            top_k_weights = top_k_logits.float().softmax(dim=-1)
+        return router_logits, top_k_weights, top_k_index
+
+
+def dispatch_to_experts(
+    hidden_states: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    top_k_index: torch.Tensor,
+    experts: nn.ModuleList,
+) -> torch.Tensor:
+    """Weighted sum of each token's k experts: `out[t] = Σ_j w[t, j] · expert_{idx[t, j]}(x[t])`.
+
+    The T·k (token, slot) pairs are sorted by expert so that each expert runs one GEMM chain on
+    one contiguous slice. An expert on another device (Accelerate device map, CPU/disk offload)
+    gets its slice there through its hook and returns the result to this device.
+
+    Args:
+        hidden_states: (T, H) tokens.
+        top_k_weights: (T, k) combine weights.
+        top_k_index: (T, k) expert ids.
+        experts: the `num_experts` expert modules.
+    """
+    num_tokens, top_k = top_k_index.shape
+    flat_index = top_k_index.reshape(-1)  # (T·k,)
+    order = flat_index.argsort(stable=True)
+    token_of_slot = order // top_k  # (T·k,) token id of each sorted slot
+    counts = torch.bincount(flat_index, minlength=len(experts)).tolist()  # one host sync per layer
+
+    sorted_inputs = hidden_states[token_of_slot]
+    outputs = [
+        expert(chunk).to(hidden_states.device)
+        for expert, chunk in zip(experts, sorted_inputs.split(counts))
+        if chunk.shape[0] > 0
+    ]
+    expert_outputs = torch.cat(outputs) * top_k_weights.reshape(-1)[order, None].to(hidden_states.dtype)
+    return torch.zeros_like(hidden_states).index_add_(0, token_of_slot, expert_outputs)
+
+
+class UniMoeSparseMoeBlock(nn.Module):
+    """Router (`gate`) + experts; a drop-in for the dense MLP of a decoder layer."""
+
+    def __init__(self, config: UniMoeTextConfig):
+        super().__init__()
+        self.gate = UniMoeRouter(config)
+        self.experts = nn.ModuleList([UniMoeExpert(config) for _ in range(config.num_experts)])
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        _, top_k_weights, top_k_index = self.gate(flat)
+        return dispatch_to_experts(flat, top_k_weights, top_k_index, self.experts).view_as(hidden_states)
+
+
+def load_balancing_loss(
+    router_logits: tuple[torch.Tensor, ...],
+    top_k: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Switch-Transformer load-balancing loss, summed over MoE layers.
+
+    Per layer (Switch Transformer, eqs. 4–6; GShard's `l_aux` as DeepSpeed computes it):
+
+        loss_l = E · Σ_e f_e · P_e
+
+    with `f_e` the fraction of routed (token, slot) assignments among each token's first
+    `top_k` choices that go to expert e, and `P_e` the mean router probability of expert e,
+    both over non-padding tokens only. Uniform routing gives 1 per layer. Layers are summed,
+    as the official 8-expert training does (`loss += coef · Σ_layers l_aux`).
+
+    Args:
+        router_logits: one (T, E) tensor per MoE layer, T = batch · sequence.
+        top_k: how many of each token's choices count for `f` (1 = GShard's top-1 count).
+        attention_mask: (batch, sequence), 1 for real tokens; padding is left out.
+    """
+    total = router_logits[0].new_zeros((), dtype=torch.float32)
+    for logits in router_logits:
+        probs = logits.float().softmax(dim=-1)  # (T, E)
+        num_experts = probs.shape[-1]
+        choices = probs.topk(top_k, dim=-1).indices  # (T, top_k)
+        if attention_mask is None:
+            token_weight = probs.new_ones(probs.shape[0])
+        else:
+            token_weight = attention_mask.reshape(-1).to(probs.device, probs.dtype)
+        assigned = F.one_hot(choices, num_experts).to(probs.dtype).sum(dim=1)  # (T, E)
+        num_real = token_weight.sum().clamp_min(1.0)
+        fraction = (assigned * token_weight[:, None]).sum(dim=0) / (num_real * top_k)
+        mean_prob = (probs * token_weight[:, None]).sum(dim=0) / num_real
+        total = total + num_experts * (fraction * mean_prob).sum()
+    return total

@@ -1,0 +1,1 @@
+"""Data-side helpers that do not travel with checkpoints (datasets, synthetic media)."""
