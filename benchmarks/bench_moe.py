@@ -19,9 +19,9 @@ from torch import nn
 from transformers import MixtralConfig
 from transformers.models.llama.modeling_llama import LlamaMLP
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
-from unimoe_conversion.tiny_checkpoint import tiny_config
 
 from modeling_unimoe.moe import UniMoeSparseMoeBlock
+from unimoe_conversion.tiny_checkpoint import tiny_config
 
 
 def resident_kib(field: str) -> int:
@@ -117,7 +117,7 @@ def main() -> None:
         for backward in (False, True):
             times = {name: [] for name in modules}
             peaks = {name: 0.0 for name in modules}
-            for name, module in modules.items():  # warm-up
+            for module in modules.values():  # warm-up
                 run_once(module, x, backward)
             for _ in range(args.repeats):
                 for name, module in modules.items():

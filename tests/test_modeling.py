@@ -8,10 +8,10 @@ import textwrap
 import pytest
 import torch
 from transformers import AutoModel
-from unimoe_conversion.tiny_checkpoint import tiny_config
 
 from modeling_unimoe import UniMoeConfig, UniMoeForConditionalGeneration, UniMoeTextConfig
 from modeling_unimoe.moe import UniMoeMLP, UniMoeSparseMoeBlock, load_balancing_loss
+from unimoe_conversion.tiny_checkpoint import tiny_config
 
 
 def tiny_model(**text_overrides) -> UniMoeForConditionalGeneration:

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from unimoe_conversion.tiny_checkpoint import tiny_config
 
 from modeling_unimoe.moe import UniMoeSparseMoeBlock, load_balancing_loss
+from unimoe_conversion.tiny_checkpoint import tiny_config
 
 
 def make_block(top_k: int, router_type: str = "topk_softmax", num_experts: int = 4) -> UniMoeSparseMoeBlock:
