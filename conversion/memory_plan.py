@@ -42,7 +42,7 @@ def released_config(num_experts: int, experts_layout: str = "per_expert") -> Uni
         text_config.update(num_experts=8, router_type="gshard_top2")
     elif num_experts != 4:
         raise ValueError(f"The released Uni-MoE models have 4 or 8 experts, got {num_experts}.")
-    return UniMoeConfig(text_config=UniMoeConfig().text_config.to_dict() | text_config)
+    return UniMoeConfig(text_config=text_config)
 
 
 def meta_model(config: UniMoeConfig, precision: str) -> UniMoeForConditionalGeneration:
