@@ -15,7 +15,7 @@ from unimoe_conversion.memory_plan import (
 )
 from unimoe_conversion.tiny_checkpoint import tiny_config
 
-H, I, V, L, E = 32, 64, 400, 2, 4  # the tiny config
+H, INTER, V, L, E = 32, 64, 400, 2, 4  # the tiny config
 HEAD_DIM = 8
 
 
@@ -36,7 +36,7 @@ def linear_bytes(out_features: int, in_features: int, precision: str) -> int:
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "int4"])
 def test_plan_matches_hand_counted_bytes(precision):
     plain = 4 if precision == "fp32" else 2  # tensors that are not quantised
-    expert = linear_bytes(I, H, precision) * 2 + linear_bytes(H, I, precision)
+    expert = linear_bytes(INTER, H, precision) * 2 + linear_bytes(H, INTER, precision)
     attention = 4 * linear_bytes(H, H, precision)
     per_layer = attention + E * expert + plain * (E * H + 2 * H)  # + router + two norms
     # embeddings, lm_head, final norm, and the rotary inv_freq + original_inv_freq buffers
@@ -45,7 +45,7 @@ def test_plan_matches_hand_counted_bytes(precision):
     assert plan.expert_bytes == expert
     assert plan.components["experts"] == L * E * expert
     assert plan.total_bytes == total
-    assert plan.num_parameters == L * (4 * H * H + E * 3 * H * I + E * H + 2 * H) + 2 * V * H + H
+    assert plan.num_parameters == L * (4 * H * H + E * 3 * H * INTER + E * H + 2 * H) + 2 * V * H + H
 
 
 def test_released_models_expert_bytes_and_kv_cache():
@@ -61,7 +61,7 @@ def test_released_models_expert_bytes_and_kv_cache():
 
 def test_fused_experts_stay_bf16_in_the_int4_plan():
     config = tiny_config(vision=False, speech=False, audio=False, experts_layout="fused")
-    assert plan_memory(config, "int4").components["experts"] == L * E * 3 * H * I * 2
+    assert plan_memory(config, "int4").components["experts"] == L * E * 3 * H * INTER * 2
 
 
 @pytest.mark.parametrize("strategy", ["auto", "sequential"])
