@@ -196,5 +196,6 @@ def load_balancing_loss(
         num_real = token_weight.sum().clamp_min(1.0)
         fraction = (assigned * token_weight[:, None]).sum(dim=0) / (num_real * top_k)
         mean_prob = (probs * token_weight[:, None]).sum(dim=0) / num_real
-        total = total + num_experts * (fraction * mean_prob).sum()
+        # Layers may sit on different devices (device maps): sum on the first one.
+        total = total + num_experts * (fraction * mean_prob).sum().to(total.device)
     return total

@@ -36,7 +36,7 @@ def checkpoint(tmp_path_factory):
     model.save_pretrained(path)
     input_ids = torch.randint(3, 400, (2, 11))
     with torch.no_grad():
-        reference = model(input_ids, output_router_logits=True)
+        reference = model(input_ids, labels=input_ids, output_router_logits=True)
         generated = model.generate(input_ids[:1], max_new_tokens=6, do_sample=False)
     return {
         "path": path,
@@ -44,6 +44,7 @@ def checkpoint(tmp_path_factory):
         "input_ids": input_ids,
         "logits": reference.logits,
         "router_logits": reference.router_logits,
+        "loss": reference.loss,
         "generated": generated,
     }
 
@@ -136,7 +137,9 @@ def test_gpu_experts_next_to_cpu_offloaded_experts_match_the_single_device_model
     seen = []
     for expert in experts:
         expert.register_forward_pre_hook(lambda mod, args: seen.append(args[0].device.type))
+    input_ids = checkpoint["input_ids"].to(0)
     with torch.no_grad():
-        logits = model(checkpoint["input_ids"].to(0)).logits
+        outputs = model(input_ids, labels=input_ids, output_router_logits=True)
     assert set(seen) == {"cuda"}
-    torch.testing.assert_close(logits.cpu(), checkpoint["logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs.logits.cpu(), checkpoint["logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs.loss.cpu(), checkpoint["loss"], rtol=1e-4, atol=1e-4)
