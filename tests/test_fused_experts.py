@@ -118,6 +118,19 @@ def test_only_the_fused_layout_has_an_expert_parallel_plan(per_expert):
         per_expert["model"]._resolve_parallel_plans(DistributedConfig(tp_size=2, ep_size=2))
 
 
+def test_peft_lora_on_the_fused_expert_parameters_trains_only_the_adapters(per_expert):
+    from peft import LoraConfig, get_peft_model
+
+    fused = load_fused(per_expert["path"], experts_implementation="eager")
+    config = LoraConfig(r=4, lora_dropout=0.0, target_parameters=["experts.gate_up_proj", "experts.down_proj"])
+    model = get_peft_model(fused, config)
+    ids = per_expert["input_ids"]
+    model(ids, labels=ids).loss.backward()
+    with_grad = {name for name, param in model.named_parameters() if param.grad is not None}
+    assert with_grad and all("lora_" in name for name in with_grad)
+    assert any("mlp.experts" in name for name in with_grad)
+
+
 def test_unknown_experts_layout_is_rejected():
     with pytest.raises(Exception, match="experts_layout must be one of"):  # strict-dataclass wrapper
         UniMoeTextConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, experts_layout="stacked")
