@@ -53,11 +53,16 @@ def meta_model(config: UniMoeConfig, precision: str) -> UniMoeForConditionalGene
         model = UniMoeForConditionalGeneration(config)
     model.to(torch.float32 if precision == "fp32" else torch.bfloat16)
     if precision in ("int8", "int4"):
-        keep = {name for name, module in model.named_modules() if module is model.get_output_embeddings()}
-        for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and name not in keep:
-                _quantize_linear_on_meta(module, bits=8 if precision == "int8" else 4)
+        quantize_linears_on_meta(model, bits=8 if precision == "int8" else 4)
     return model
+
+
+def quantize_linears_on_meta(model: UniMoeForConditionalGeneration, bits: int) -> None:
+    """Gives every `nn.Linear` but the output head bitsandbytes' storage, as its quantiser would."""
+    head = model.get_output_embeddings()
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module is not head:
+            _quantize_linear_on_meta(module, bits)
 
 
 def _quantize_linear_on_meta(linear: nn.Linear, bits: int) -> None:
@@ -119,7 +124,10 @@ def plan_memory(
 ) -> MemoryPlan:
     """The weight memory of `config`'s model at `precision`; with `max_memory`, also the device map
     `from_pretrained(device_map=strategy, max_memory=max_memory)` would choose for it."""
-    model = meta_model(config, precision)
+    model = meta_model(config, "fp32" if precision == "fp32" else "bf16")
+    num_parameters = sum(param.numel() for param in model.parameters())
+    if precision in ("int8", "int4"):
+        quantize_linears_on_meta(model, bits=8 if precision == "int8" else 4)
     sizes = tensor_bytes(model)
     components = defaultdict(int)
     for tensor_name, size in sizes.items():
@@ -132,7 +140,7 @@ def plan_memory(
     plan = MemoryPlan(
         name=name,
         precision=precision,
-        num_parameters=_num_parameters(config),
+        num_parameters=num_parameters,
         total_bytes=sum(sizes.values()),
         components=dict(components),
         expert_bytes=expert_total // text.num_experts if first_moe is not None else 0,
@@ -142,11 +150,6 @@ def plan_memory(
         plan.device_map = device_map_for(model, max_memory, strategy, quantized=precision in ("int8", "int4"))
         plan.device_bytes, plan.experts_per_device = _placement(plan.device_map, sizes, text.num_experts)
     return plan
-
-
-def _num_parameters(config: UniMoeConfig) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in UniMoeForConditionalGeneration(config).parameters())
 
 
 def device_map_for(
