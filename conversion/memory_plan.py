@@ -34,10 +34,11 @@ NF4_BLOCK_SIZE = 64  # bitsandbytes' default 4-bit block: one fp32 absmax per 64
 GIB = 2**30
 
 
-def released_config(num_experts: int, experts_layout: str = "per_expert") -> UniMoeConfig:
+def released_config(num_experts: int, experts_layout: str = "per_expert", moe_layers: str = "all") -> UniMoeConfig:
     """The released 7B models: 4 experts (Uni-MoE-speech / -audio / v1.5, top-2 softmax over the
-    two chosen logits) or 8 experts (Uni-MoE-v2 "8e", GShard top-2), MoE in every layer."""
-    text_config = {"experts_layout": experts_layout}
+    two chosen logits) or 8 experts (Uni-MoE-v2 "8e", GShard top-2). `moe_layers="even"` is the
+    layout of the audio and "interval" checkpoints (MoE in layers 0, 2, ..., dense MLPs between)."""
+    text_config = {"experts_layout": experts_layout, "moe_layers": moe_layers}
     if num_experts == 8:
         text_config.update(num_experts=8, router_type="gshard_top2")
     elif num_experts != 4:
@@ -269,6 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experts", type=int, nargs="+", default=[4, 8], choices=[4, 8])
     parser.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     parser.add_argument("--layout", default="per_expert", choices=["per_expert", "fused"])
+    parser.add_argument("--moe-layers", default="all", choices=["all", "even"], help="even: audio/interval checkpoints")
     parser.add_argument(
         "--max-memory", nargs="+", metavar="DEVICE=SIZE", help="e.g. 0=24GiB 1=24GiB cpu=64GiB disk=1TB"
     )
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     max_memory = parse_max_memory(args.max_memory) if args.max_memory else None
     plans = [
         plan_memory(
-            released_config(num_experts, args.layout),
+            released_config(num_experts, args.layout, args.moe_layers),
             precision,
             max_memory=max_memory,
             strategy=args.strategy,
