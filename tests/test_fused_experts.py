@@ -131,6 +131,28 @@ def test_peft_lora_on_the_fused_expert_parameters_trains_only_the_adapters(per_e
     assert any("mlp.experts" in name for name in with_grad)
 
 
+def test_eager_fused_experts_skip_the_ids_of_other_ranks():
+    # Expert parallelism gives each rank's experts global-looking local ids, with
+    # `num_local_experts` standing for "another rank's expert" (and weight 0).
+    experts = UniMoeFusedExperts(tiny_config(num_experts=2).text_config)
+    torch.nn.init.normal_(experts.gate_up_proj)
+    torch.nn.init.normal_(experts.down_proj)
+    x = torch.randn(5, 32)
+    index = torch.tensor([[0, 2], [2, 1], [1, 0], [2, 2], [0, 1]])
+    weights = torch.rand(5, 2)
+    expected = torch.stack(
+        [
+            sum(
+                (weights[t, j] * experts.expert_forward(int(e), x[t : t + 1])[0] for j, e in enumerate(row) if e < 2),
+                torch.zeros(32),
+            )
+            for t, row in enumerate(index)
+        ]
+    )
+    experts.config._experts_implementation = "eager"
+    torch.testing.assert_close(experts(x, index, weights), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_unknown_experts_layout_is_rejected():
     with pytest.raises(Exception, match="experts_layout must be one of"):  # strict-dataclass wrapper
         UniMoeTextConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, experts_layout="stacked")
