@@ -18,6 +18,7 @@ from transformers import AutoConfig, LlamaConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 ROUTER_TYPES = ("topk_softmax", "gshard_top2")
+EXPERTS_LAYOUTS = ("per_expert", "fused")
 
 
 @strict
@@ -38,6 +39,13 @@ class UniMoeTextConfig(LlamaConfig):
         router_aux_loss_coef (`float`, defaults to 0.01): weight of the load-balancing loss.
         output_router_logits (`bool`, defaults to `False`): return router logits and add the
             load-balancing loss to the LM loss.
+        experts_layout (`str`, defaults to `"per_expert"`): how a MoE layer stores its experts.
+            - `"per_expert"`: one `UniMoeExpert` (gate/up/down `nn.Linear`) per expert, the
+              official layout: expert-level device maps, bitsandbytes and `target_modules` LoRA.
+            - `"fused"`: two 3D tensors per layer (`gate_up_proj`, `down_proj`) for transformers'
+              experts kernels (`experts_implementation`), expert parallelism
+              (`DistributedConfig(ep_size=...)`) and PEFT `target_parameters`. Checkpoints keep
+              the per-expert keys either way (converted on load and save).
     """
 
     model_type = "unimoe_text"
@@ -51,6 +59,7 @@ class UniMoeTextConfig(LlamaConfig):
     router_type: str = "topk_softmax"
     router_aux_loss_coef: float = 0.01
     output_router_logits: bool = False
+    experts_layout: str = "per_expert"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -78,7 +87,9 @@ class UniMoeTextConfig(LlamaConfig):
         if self.router_type not in ROUTER_TYPES:
             raise ValueError(f"router_type must be one of {ROUTER_TYPES}, got {self.router_type!r}.")
         if self.router_type == "gshard_top2" and self.num_experts_per_tok != 2:
-            raise ValueError(f"router_type='gshard_top2' routes to exactly 2 experts, got num_experts_per_tok={self.num_experts_per_tok}.")
+            raise ValueError(
+                f"router_type='gshard_top2' routes to exactly 2 experts, got num_experts_per_tok={self.num_experts_per_tok}."
+            )
         if isinstance(self.moe_layers, str) and self.moe_layers not in ("all", "even"):
             raise ValueError(f"moe_layers must be 'all', 'even' or a list of layer indices, got {self.moe_layers!r}.")
         if isinstance(self.moe_layers, list):
@@ -90,6 +101,8 @@ class UniMoeTextConfig(LlamaConfig):
                 )
             if len(set(self.moe_layers)) != len(self.moe_layers):
                 raise ValueError(f"moe_layers has repeated layer indices: {self.moe_layers}.")
+        if self.experts_layout not in EXPERTS_LAYOUTS:
+            raise ValueError(f"experts_layout must be one of {EXPERTS_LAYOUTS}, got {self.experts_layout!r}.")
 
 
 # CLIP ViT-L/14 at 336 px, as `openai/clip-vit-large-patch14-336`.
