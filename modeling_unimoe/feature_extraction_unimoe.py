@@ -196,9 +196,8 @@ class UniMoeBeatsFeatureExtractor(SequenceFeatureExtractor):
                 f"{type(self).__name__} expects audio at {self.sampling_rate} Hz, got {sampling_rate} Hz: resample first."
             )
         items = [raw_audio] if isinstance(raw_audio, np.ndarray) and raw_audio.ndim == 1 else list(raw_audio)
-        features, masks = [], []
-        for index, waveform in enumerate(items):
-            waveform = np.asarray(waveform, dtype=np.float32)
+        items = [np.asarray(waveform, dtype=np.float32) for waveform in items]
+        for index, waveform in enumerate(items):  # every item is checked before any work
             if waveform.ndim != 1 or waveform.size == 0:
                 raise ValueError(f"audio item {index}: expected a non-empty mono waveform, got shape {waveform.shape}")
             if self.num_chunks(waveform.size) > self.max_chunks:
@@ -206,6 +205,8 @@ class UniMoeBeatsFeatureExtractor(SequenceFeatureExtractor):
                     f"audio item {index} is {waveform.size / self.sampling_rate:.1f} s long: "
                     f"{self.num_chunks(waveform.size)} chunks of {self.chunk_length} s, more than max_chunks={self.max_chunks}"
                 )
+        features, masks = [], []
+        for waveform in items:
             chunks, sample_mask = self.chunk(waveform)
             features.append(self.fbank(chunks))
             masks.append(self.frame_padding_mask(sample_mask))

@@ -81,6 +81,15 @@ def _fail(source: Any, reason: str) -> MediaError:
     return MediaError(f"{describe_source(source)}: {reason}")
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def _too_long(source: Any, seconds: float, max_seconds: float, at_least: bool = False) -> MediaError:
+    length = f"at least {_seconds(seconds)}" if at_least else _seconds(seconds)
+    return _fail(source, f"audio is {length} s long, more than the maximum of {_seconds(max_seconds)} s")
+
+
 def _fetch_url(url: str, timeout: float | None, max_bytes: int | None) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "unimoe-processor"})
     try:
@@ -355,7 +364,7 @@ def _decode_audio_stream(container: Any, source: Any, target_rate: int, max_seco
     stream = container.streams.audio[0]
     declared = _declared_seconds(container, stream)
     if max_seconds is not None and declared is not None and declared > max_seconds + _TRUNCATION_SLACK_S:
-        raise _fail(source, f"audio is {declared:.1f} s long, more than the maximum of {max_seconds:.0f} s")
+        raise _too_long(source, declared, max_seconds)
     # Planar float at the source layout and rate: we average channels ourselves (as librosa).
     resampler = av.AudioResampler(format="fltp")
     parts, rate, total = [], None, 0
@@ -365,7 +374,7 @@ def _decode_audio_stream(container: Any, source: Any, target_rate: int, max_seco
             parts.append(out.to_ndarray())
             total += out.samples
         if max_seconds is not None and rate and total / rate > max_seconds + _TRUNCATION_SLACK_S:
-            raise _fail(source, f"audio is longer than the maximum of {max_seconds:.0f} s")
+            raise _too_long(source, total / rate, max_seconds, at_least=True)
     for out in resampler.resample(None):
         parts.append(out.to_ndarray())
         total += out.samples
@@ -380,9 +389,7 @@ def _decode_audio_stream(container: Any, source: Any, target_rate: int, max_seco
     return _resample(waveform, rate, target_rate)
 
 
-def _decode_audio_file(
-    stream: str | BinaryIO, source: Any, target_rate: int, max_seconds: float | None
-) -> np.ndarray:
+def _decode_audio_file(stream: str | BinaryIO, source: Any, target_rate: int, max_seconds: float | None) -> np.ndarray:
     import av
 
     truncation = container_truncation(stream)
@@ -413,17 +420,11 @@ def load_audio(
     if isinstance(source, (tuple, dict)) or (hasattr(source, "shape") and not hasattr(source, "read")):
         waveform = _audio_from_array(source, sampling_rate, target_sampling_rate)
         if max_seconds is not None and waveform.size > max_seconds * target_sampling_rate:
-            raise _fail(
-                source,
-                f"audio is {waveform.size / target_sampling_rate:.1f} s long, more than the maximum of {max_seconds:.0f} s",
-            )
+            raise _too_long(source, waveform.size / target_sampling_rate, max_seconds)
         return waveform
     waveform = _decode_audio_file(open_source(source, timeout=timeout), source, target_sampling_rate, max_seconds)
     if max_seconds is not None and waveform.size > (max_seconds + _TRUNCATION_SLACK_S) * target_sampling_rate:
-        raise _fail(
-            source,
-            f"audio is {waveform.size / target_sampling_rate:.1f} s long, more than the maximum of {max_seconds:.0f} s",
-        )
+        raise _too_long(source, waveform.size / target_sampling_rate, max_seconds)
     return waveform
 
 

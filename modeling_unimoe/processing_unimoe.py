@@ -40,6 +40,7 @@ from .media_unimoe import (
 MODALITIES = ("image", "video", "speech", "audio")
 PLACEHOLDERS = {modality: f"<{modality}>" for modality in MODALITIES}
 CONTENT_TYPES = ("text", *MODALITIES)
+ROLES = ("system", "user", "assistant")
 # Keys a chat content block may carry its media under, per type (HF conventions + ours).
 SOURCE_KEYS = {
     "image": ("image", "url", "path", "base64"),
@@ -91,9 +92,10 @@ CHAT_TEMPLATE = r"""{%- macro text_of(content) -%}
         {%- endif -%}
         {{- " " -}}
     {%- elif message["role"] == "assistant" -%}
-        {{- "ASSISTANT: " -}}
+        {{- "ASSISTANT:" -}}
+        {#- The answer's leading space is trained on: the official masking starts after the ":". -#}
         {%- generation -%}
-            {{- text_of(message["content"]) ~ "</s>" -}}
+            {{- " " ~ text_of(message["content"]) ~ "</s>" -}}
         {%- endgeneration -%}
     {%- else -%}
         {{- raise_exception("Uni-MoE chats have user and assistant turns after an optional system turn, got role " ~ message["role"]) -}}
@@ -591,6 +593,10 @@ def _extract_media(conversation: Sequence[dict], index: int) -> tuple[list[dict]
         where = f"conversation {index}, message {i}"
         if not isinstance(message, dict) or "role" not in message:
             raise ValueError(f"{where}: a message is a dict with 'role' and 'content', got {message!r}")
+        if message["role"] not in ROLES or (message["role"] == "system" and i != 0):
+            raise ValueError(
+                f"{where}: role {message['role']!r}; Uni-MoE chats have user and assistant turns after an optional first system turn"
+            )
         content = message.get("content")
         if content is None or isinstance(content, str):
             messages.append({"role": message["role"], "content": content or ""})
