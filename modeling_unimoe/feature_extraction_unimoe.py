@@ -187,10 +187,13 @@ class UniMoeBeatsFeatureExtractor(SequenceFeatureExtractor):
         raw_audio: np.ndarray | list[np.ndarray],
         sampling_rate: int | None = None,
         return_tensors: str | None = None,
+        max_chunks: int | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Features of one waveform or a list of mono float waveforms (at `self.sampling_rate`).
-        Raises `ValueError` for empty audio or audio longer than `max_chunks` chunks."""
+        Raises `ValueError` for empty audio or audio longer than `max_chunks` chunks (default
+        `self.max_chunks`)."""
+        max_chunks = self.max_chunks if max_chunks is None else max_chunks
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             raise ValueError(
                 f"{type(self).__name__} expects audio at {self.sampling_rate} Hz, got {sampling_rate} Hz: resample first."
@@ -200,10 +203,10 @@ class UniMoeBeatsFeatureExtractor(SequenceFeatureExtractor):
         for index, waveform in enumerate(items):  # every item is checked before any work
             if waveform.ndim != 1 or waveform.size == 0:
                 raise ValueError(f"audio item {index}: expected a non-empty mono waveform, got shape {waveform.shape}")
-            if self.num_chunks(waveform.size) > self.max_chunks:
+            if self.num_chunks(waveform.size) > max_chunks:
                 raise ValueError(
                     f"audio item {index} is {waveform.size / self.sampling_rate:.1f} s long: "
-                    f"{self.num_chunks(waveform.size)} chunks of {self.chunk_length} s, more than max_chunks={self.max_chunks}"
+                    f"{self.num_chunks(waveform.size)} chunks of {self.chunk_length} s, more than max_chunks={max_chunks}"
                 )
         features, masks = [], []
         for waveform in items:

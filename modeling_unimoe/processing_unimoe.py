@@ -15,6 +15,7 @@ This file travels with every saved checkpoint (remote code).
 """
 
 import bisect
+import functools
 import itertools
 import re
 from collections.abc import Sequence
@@ -217,9 +218,12 @@ class UniMoeProcessor(ProcessorMixin):
         self.video_token_id = self.placeholder_token_ids["video"]
         self.speech_token_id = self.placeholder_token_ids["speech"]
         self.audio_token_id = self.placeholder_token_ids["audio"]
+
+    @property
+    def _added_token_re(self) -> re.Pattern:
+        # Every added token splits the prompt, as the slow tokenizer's no-split list did.
         added = sorted(self.tokenizer.added_tokens_encoder, key=len, reverse=True)
-        self._added_token_re = re.compile("|".join(re.escape(token) for token in added))
-        self._id_of_token = dict(self.tokenizer.added_tokens_encoder)
+        return _compile_alternation(tuple(added))
 
     @property
     def model_input_names(self) -> list[str]:
@@ -250,10 +254,14 @@ class UniMoeProcessor(ProcessorMixin):
         BPE over the whole piece. Offsets are character spans in the prompt."""
         if not piece:
             return [], []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:  # not tokenizers-backed: its own encoding, one span for the piece
+            ids = self.tokenizer.encode(piece, add_special_tokens=False)
+            return ids, [(start, start + len(piece))] * len(ids)
         normalized = SPIECE_UNDERLINE + piece.replace(" ", SPIECE_UNDERLINE)
         byte_starts = list(itertools.accumulate((len(c.encode()) for c in normalized), initial=0))
         ids, offsets = [], []
-        for token in self.tokenizer.backend_tokenizer.model.tokenize(normalized):
+        for token in backend.model.tokenize(normalized):
             first = bisect.bisect_right(byte_starts, token.offsets[0]) - 1
             last = bisect.bisect_left(byte_starts, token.offsets[1])
             ids.append(token.id)
@@ -277,7 +285,7 @@ class UniMoeProcessor(ProcessorMixin):
             if modality is not None:
                 count = expansions[modality][next_item[modality]]
                 next_item[modality] += 1
-            ids += [self._id_of_token[token]] * count
+            ids += [self.tokenizer.added_tokens_encoder[token]] * count
             offsets += [match.span()] * count
             cursor = match.end()
         piece_ids, piece_offsets = self._encode_piece(text[cursor:], cursor)
@@ -396,9 +404,11 @@ class UniMoeProcessor(ProcessorMixin):
         if loaded["speech"]:
             data["input_features"] = self._speech_features(loaded["speech"])
         if loaded["audio"]:
-            data.update(
-                self.audio_feature_extractor([item.value for item in loaded["audio"]], sampling_rate=SAMPLING_RATE)
+            waveforms = [item.value for item in loaded["audio"]]
+            features = self.audio_feature_extractor(
+                waveforms, sampling_rate=SAMPLING_RATE, max_chunks=self.max_audio_chunks
             )
+            data.update(features)
         return data, tokens
 
     # ----------------------------------------------------------------------------- calling
@@ -536,6 +546,11 @@ class UniMoeProcessor(ProcessorMixin):
             **processor_kwargs,
         )
         return out if return_dict else out["input_ids"]
+
+
+@functools.lru_cache(maxsize=8)
+def _compile_alternation(tokens: tuple[str, ...]) -> re.Pattern:
+    return re.compile("|".join(re.escape(token) for token in tokens))
 
 
 def _default_image_processor():
