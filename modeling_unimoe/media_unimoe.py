@@ -10,6 +10,7 @@ This file travels with every saved checkpoint (remote code): PyAV and soxr are i
 the functions that need them, so image-only users need neither.
 """
 
+import bisect
 import io
 import os
 import urllib.error
@@ -477,29 +478,42 @@ def _video_geometry(container: Any, stream: Any, source: Any) -> tuple[Fraction,
     return Fraction(rate), int(total)
 
 
+def _keyframe_pts(container: Any, stream: Any) -> list[int]:
+    """Keyframe timestamps from the packets alone: demuxing reads the file, it decodes nothing."""
+    return sorted(p.pts for p in container.demux(stream) if p.is_keyframe and p.pts is not None)
+
+
 def _decode_frames_by_seeking(container: Any, stream: Any, source: Any, targets: list[int]) -> list[np.ndarray]:
-    """Decodes the first frame at or after each (non-decreasing) target pts. It seeks to the
-    keyframe before a target unless the target lies shortly ahead of the last decoded frame."""
-    near = int(1.0 / stream.time_base)  # within one second, decoding on beats seeking back
-    slack = max(int(0.5 / stream.time_base), 1)
-    frames, decoder, last_pts, last_frame = [], None, None, None
+    """The first frame at or after each (non-decreasing) target pts, as RGB.
+
+    Seeks to the keyframe before a target only when that keyframe lies beyond the last decoded
+    frame (otherwise decoding on is cheaper), so no frame is decoded twice and a long file is
+    decoded only around its targets. Only the returned frames are converted to RGB.
+    """
+    keyframes = _keyframe_pts(container, stream)
+    one_second = int(1.0 / stream.time_base)  # without keyframe flags: seek when a second away
+    slack = max(one_second // 2, 1)
+    frames, decoder, last, last_pts, last_rgb = [], None, None, None, None
     for target in targets:
-        if last_pts is not None and target <= last_pts:
-            frames.append(last_frame)  # no frame lies between the previous target and last_pts
-            continue
-        if decoder is None or last_pts is None or target > last_pts + near:
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-            decoder, last_pts = container.decode(stream), None
-        while last_pts is None or last_pts < target:
-            frame = next(decoder, None)
-            if frame is None:
-                break
-            last_frame = frame.to_ndarray(format="rgb24")
-            last_pts = frame.pts if frame.pts is not None else target
-        if last_pts is None or last_pts < target - slack:
-            decoder = None
-            raise _fail(source, f"no frame could be decoded at pts {target} (truncated or corrupt video)")
-        frames.append(last_frame)
+        if last_pts is None or target > last_pts:
+            before = bisect.bisect_right(keyframes, target) - 1
+            keyframe = keyframes[before] if before >= 0 else None
+            seek = decoder is None or last_pts is None
+            if not seek:  # a keyframe past the last decoded frame makes the jump worth it
+                seek = keyframe > last_pts if keyframe is not None else target > last_pts + one_second
+            if seek:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+                decoder, last, last_pts = container.decode(stream), None, None
+            while last_pts is None or last_pts < target:
+                frame = next(decoder, None)
+                if frame is None:
+                    break
+                last, last_pts, last_rgb = frame, frame.pts if frame.pts is not None else target, None
+            if last is None or last_pts < target - slack:
+                raise _fail(source, f"no frame could be decoded at pts {target} (truncated or corrupt video)")
+        if last_rgb is None:
+            last_rgb = last.to_ndarray(format="rgb24")
+        frames.append(last_rgb)
     return frames
 
 

@@ -201,6 +201,9 @@ class _CountingContainer:
     def seek(self, *args, **kwargs):
         return self.container.seek(*args, **kwargs)
 
+    def demux(self, *args, **kwargs):
+        return self.container.demux(*args, **kwargs)
+
     def decode(self, *args, **kwargs):
         for frame in self.container.decode(*args, **kwargs):
             self.decoded += 1
@@ -224,6 +227,11 @@ def test_video_is_read_by_seeking_not_by_decoding_everything(tmp_path, monkeypat
     assert [frame_index_of(frame) for frame in video.frames] == [i * 100 for i in range(8)]
     # each target lies on a keyframe here: a few frames per target, far from all 800
     assert counters[0].decoded <= 8 * 25
+    # targets 100 frames apart in GOPs of 250: decode on instead of seeking back, no frame twice
+    counters.clear()
+    sparse = write_video(tmp_path / "sparse.mp4", num_frames=800, fps=25, gop_size=250)
+    assert [frame_index_of(f) for f in load_video(sparse, num_frames=8).frames] == [i * 100 for i in range(8)]
+    assert counters[0].decoded <= 701
     with av.open(str(path)) as container:
         assert container.streams.video[0].frames == 800
 
