@@ -331,9 +331,8 @@ class UniMoeProcessor(ProcessorMixin):
                     f"the text has {sum(wanted)} {PLACEHOLDERS[modality]} placeholder(s) ({per_sample}) but "
                     f"{len(flat)} {modality} item(s) were given; each item needs exactly one placeholder."
                 )
-            iterator = iter(flat)
-            for b, want in enumerate(wanted):
-                assigned[b][modality] = list(itertools.islice(iterator, want))
+            for b, run in enumerate(_split_like(flat, wanted)):
+                assigned[b][modality] = run
         return assigned
 
     def _load_item(self, modality: str, item: Any, sampling_rate: int | None) -> Any:
@@ -435,7 +434,9 @@ class UniMoeProcessor(ProcessorMixin):
 
         Keyword args: `return_tensors` ("pt" default, "np" or None), `padding_side` ("left"
         default, for generation; "right" for training), `add_special_tokens` (BOS, default True),
-        `sampling_rate` (rate of bare audio arrays).
+        `sampling_rate` (rate of bare audio arrays). `padding` and `return_attention_mask` are
+        accepted for pipeline compatibility: a batch is always padded to its longest sample and
+        always gets an attention mask.
         """
         if audio is not None and audios is not None:
             raise ValueError("pass general audio as `audios=` or `audio=`, not both")
@@ -461,14 +462,11 @@ class UniMoeProcessor(ProcessorMixin):
         data, tokens = self._features(loaded)
 
         add_bos = kwargs.get("add_special_tokens", True)
-        cursors = dict.fromkeys(MODALITIES, 0)
-        encoded = []
-        for sample in assigned:
-            expansions = {}
-            for m in MODALITIES:
-                expansions[m] = tokens[m][cursors[m] : cursors[m] + len(sample[m])]
-                cursors[m] += len(sample[m])
-            encoded.append(self._encode_prompt(texts[len(encoded)], expansions, add_bos))
+        per_sample = {m: _split_like(tokens[m], [len(sample[m]) for sample in assigned]) for m in MODALITIES}
+        encoded = [
+            self._encode_prompt(text, {m: per_sample[m][b] for m in MODALITIES}, add_bos)
+            for b, text in enumerate(texts)
+        ]
 
         padding_side = kwargs.get("padding_side") or "left"
         data.update(self._pad([ids for ids, _ in encoded], padding_side))
@@ -559,6 +557,12 @@ def _default_image_processor():
     from transformers import CLIPImageProcessorPil
 
     return CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+
+
+def _split_like(values: list[int], sizes: list[int]) -> list[list[int]]:
+    """`values` cut into consecutive runs of the given sizes (one run per sample)."""
+    iterator = iter(values)
+    return [list(itertools.islice(iterator, size)) for size in sizes]
 
 
 def _overlap_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
