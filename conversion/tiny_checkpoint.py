@@ -84,8 +84,8 @@ def tiny_config(
     `vocab_size` matches the tiny tokenizer; placeholder ids follow it, as they follow the
     32000-token vocabulary of the released model. Media token counts: image 4, video 4 (4 frames,
     mean), speech 5 per chunk, audio 3 per chunk. `overrides` go to `UniMoeConfig` when they
-    are its fields (e.g. `video_pooling="concat"`, `speech_query_tokens=50`), else to the text
-    config (e.g. `num_hidden_layers=3`).
+    are its fields (e.g. `video_pooling="concat"`, `speech_query_tokens=50`, a whole
+    `vision_config`), else to the text config (e.g. `num_hidden_layers=3`).
     """
     text_config = dict(
         vocab_size=vocab_size,
@@ -98,10 +98,7 @@ def tiny_config(
         num_experts=4,
         num_experts_per_tok=2,
     )
-    top_level = {**TINY_CONNECTORS}
-    for key, value in overrides.items():
-        (top_level if key in UniMoeConfig.__dataclass_fields__ else text_config)[key] = value
-    return UniMoeConfig(
+    kwargs = dict(
         text_config=text_config,
         vision_config=dict(TINY_VISION) if vision else None,
         speech_config=dict(TINY_SPEECH) if speech else None,
@@ -111,8 +108,11 @@ def tiny_config(
         video_token_id=vocab_size + 1,
         speech_token_id=vocab_size + 2,
         audio_token_id=vocab_size + 3,
-        **top_level,
+        **TINY_CONNECTORS,
     )
+    for key, value in overrides.items():
+        (kwargs if key in UniMoeConfig.__dataclass_fields__ else text_config)[key] = value
+    return UniMoeConfig(**kwargs)
 
 
 def build_tiny_tokenizer(vocab_size: int = 400):

@@ -80,7 +80,9 @@ class UniMoeTextConfig(LlamaConfig):
         if self.router_type not in ROUTER_TYPES:
             raise ValueError(f"router_type must be one of {ROUTER_TYPES}, got {self.router_type!r}.")
         if self.router_type == "gshard_top2" and self.num_experts_per_tok != 2:
-            raise ValueError(f"router_type='gshard_top2' routes to exactly 2 experts, got num_experts_per_tok={self.num_experts_per_tok}.")
+            raise ValueError(
+                f"router_type='gshard_top2' routes to exactly 2 experts, got num_experts_per_tok={self.num_experts_per_tok}."
+            )
         if isinstance(self.moe_layers, str) and self.moe_layers not in ("all", "even"):
             raise ValueError(f"moe_layers must be 'all', 'even' or a list of layer indices, got {self.moe_layers!r}.")
         if isinstance(self.moe_layers, list):
@@ -214,7 +216,13 @@ class UniMoeConfig(PreTrainedConfig):
             )
         if self.video_pooling not in VIDEO_POOLINGS:
             raise ValueError(f"video_pooling must be one of {VIDEO_POOLINGS}, got {self.video_pooling!r}.")
-        for name in ("video_num_frames", "speech_query_tokens", "speech_max_chunks", "audio_query_tokens", "audio_max_chunks"):
+        for name in (
+            "video_num_frames",
+            "speech_query_tokens",
+            "speech_max_chunks",
+            "audio_query_tokens",
+            "audio_max_chunks",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.vision_config is not None:
@@ -252,7 +260,13 @@ class UniMoeConfig(PreTrainedConfig):
         """
         if modality not in MODALITIES:
             raise ValueError(f"Unknown modality {modality!r}; expected one of {MODALITIES}.")
-        encoder_config = self.audio_config if modality == "audio" else self.speech_config if modality == "speech" else self.vision_config
+        encoder_config = (
+            self.audio_config
+            if modality == "audio"
+            else self.speech_config
+            if modality == "speech"
+            else self.vision_config
+        )
         if encoder_config is None:
             key = {"image": "vision", "video": "vision"}.get(modality, modality)
             raise ValueError(f"This checkpoint has no {modality} encoder (config.{key}_config is None).")

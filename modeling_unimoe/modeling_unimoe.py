@@ -146,10 +146,33 @@ class UniMoePreTrainedModel(PreTrainedModel):
             # aligner tell them apart from the first step (BLIP-2's init).
             init.normal_(module.query_tokens, mean=0.0, std=self.config.get_text_config().initializer_range)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading replaces every parameter with a fresh, trainable one: freeze the towers again.
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_towers()
+        return loaded
+
+    def freeze_towers(self, freeze: bool = True) -> None:
+        """Sets `requires_grad` of the encoder towers (CLIP, Whisper encoder, BEATs) to `not freeze`.
+
+        The towers are frozen after construction and after `from_pretrained`, as in every
+        official training stage; the aligners and projectors stay trainable. A stage that tunes
+        a tower calls `freeze_towers(False)` or sets `requires_grad` on the parameters it wants.
+        """
+        for module in self.modules():
+            if isinstance(module, UniMoeModel):
+                for tower in (module.vision_tower, module.speech_tower, module.audio_tower):
+                    if tower is not None:
+                        tower.requires_grad_(not freeze)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         if self._auto_class is not None:
             target = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **dict.fromkeys(EXTRA_AUTO_CLASSES, target)}
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                **dict.fromkeys(EXTRA_AUTO_CLASSES, target),
+            }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
@@ -181,16 +204,17 @@ class UniMoeModel(UniMoePreTrainedModel):
         self.audio_tower = self.audio_aligner = self.audio_projector = None
         text_width = config.text_config.hidden_size
         if config.vision_config is not None:
-            self.vision_tower = CLIPVisionModel(config.vision_config).requires_grad_(False)
+            self.vision_tower = CLIPVisionModel(config.vision_config)
             self.mm_projector = UniMoeMultiModalProjector(config)
         if config.speech_config is not None:
-            self.speech_tower = WhisperEncoder(config.speech_config).requires_grad_(False)
+            self.speech_tower = WhisperEncoder(config.speech_config)
             self.speech_aligner = UniMoeSpeechAligner(config.speech_config, config.speech_query_tokens)
             self.speech_projector = nn.Linear(config.speech_config.d_model, text_width)
         if config.audio_config is not None:
-            self.audio_tower = BeatsModel(config.audio_config).requires_grad_(False)
+            self.audio_tower = BeatsModel(config.audio_config)
             self.audio_aligner = UniMoeAudioAligner(config.audio_qformer_config, config.audio_query_tokens)
             self.audio_projector = nn.Linear(config.audio_qformer_config.hidden_size, text_width)
+        self.freeze_towers()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
@@ -210,7 +234,9 @@ class UniMoeModel(UniMoePreTrainedModel):
 
     def embed_text(self, input_ids: torch.LongTensor) -> torch.Tensor:
         """Embeds `input_ids`; placeholder ids (beyond the LM vocabulary) get a zero row for now."""
-        is_placeholder = torch.isin(input_ids, torch.tensor(list(self.placeholder_token_ids.values()), device=input_ids.device))
+        is_placeholder = torch.isin(
+            input_ids, torch.tensor(list(self.placeholder_token_ids.values()), device=input_ids.device)
+        )
         embeds = self.embed_tokens(input_ids.masked_fill(is_placeholder, 0))
         return embeds.masked_fill(is_placeholder[..., None], 0.0)
 
@@ -396,7 +422,9 @@ class UniMoeModel(UniMoePreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.merge_multimodal_features(input_ids, self.embed_text(input_ids), **media)
         elif any(value is not None for value in media.values()):
-            raise ValueError("Media inputs need input_ids (their placeholders mark where the features go), not inputs_embeds.")
+            raise ValueError(
+                "Media inputs need input_ids (their placeholders mark where the features go), not inputs_embeds."
+            )
 
         use_cache = use_cache if use_cache is not None else text_config.use_cache
         if use_cache and past_key_values is None:

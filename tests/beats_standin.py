@@ -51,7 +51,10 @@ class BeatsModel(PreTrainedModel):
 
 def install() -> None:
     """Registers the stand-in as `modeling_unimoe.configuration_beats` / `.modeling_beats`."""
-    for name, attrs in (("configuration_beats", {"BeatsConfig": BeatsConfig}), ("modeling_beats", {"BeatsModel": BeatsModel})):
+    for name, attrs in (
+        ("configuration_beats", {"BeatsConfig": BeatsConfig}),
+        ("modeling_beats", {"BeatsModel": BeatsModel}),
+    ):
         module = types.ModuleType(f"modeling_unimoe.{name}")
         module.__dict__.update(attrs)
         sys.modules[module.__name__] = module
