@@ -58,9 +58,7 @@ class UniMoeRouter(nn.Module):
             else:
                 top_k_index = router_logits.topk(2, dim=-1).indices
             top_k_weights = probs.gather(-1, top_k_index)
-            top_k_weights = top_k_weights / top_k_weights.sum(dim=-1, keepdim=True).clamp_min(
-                torch.finfo(probs.dtype).eps
-            )
+            top_k_weights = top_k_weights / top_k_weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(probs.dtype).eps)
         else:
             router_logits = F.linear(hidden_states, self.weight)  # (T, E)
             top_k_logits, top_k_index = router_logits.topk(self.top_k, dim=-1)
