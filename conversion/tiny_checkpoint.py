@@ -60,7 +60,18 @@ TINY_SPEECH = dict(
     eos_token_id=2,
     decoder_start_token_id=1,
 )
-TINY_AUDIO = dict(hidden_size=16)
+TINY_AUDIO = dict(  # BEATs, official `cfg` names
+    embed_dim=16,
+    encoder_embed_dim=16,
+    encoder_layers=1,
+    encoder_attention_heads=2,
+    encoder_ffn_embed_dim=32,
+    encoder_layerdrop=0.0,
+    conv_pos=16,
+    conv_pos_groups=2,
+    num_buckets=16,
+    max_distance=32,
+)
 TINY_AUDIO_QFORMER = dict(
     hidden_size=16,
     num_hidden_layers=2,

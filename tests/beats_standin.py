@@ -1,10 +1,10 @@
 """A stand-in for the BEATs encoder until `modeling_unimoe/{configuration,modeling}_beats.py` land.
 
-It has the interface the audio path is built against, not BEATs' layers:
-`BeatsConfig` (model_type "beats", `hidden_size`) and `BeatsModel(config)` with
-`forward(input_features (B, frames, 128), padding_mask (B, frames) bool or None)` returning
-`last_hidden_state` (B, patches, hidden_size), 16×16 patches in time-major order.
-`conftest.py` installs it only when the real files are missing.
+It has the interface the audio path is built against, not BEATs' layers: `BeatsConfig`
+(model_type "beats", the official `cfg` field names, `hidden_size` = `encoder_embed_dim`) and
+`BeatsModel(config)` with `forward(input_features (B, frames, 128), padding_mask (B, frames) bool
+or None)` returning `last_hidden_state` (B, patches, hidden_size), 16×16 patches in time-major
+order. `conftest.py` installs it only when the real files are missing.
 """
 
 import sys
@@ -20,11 +20,19 @@ from transformers.modeling_outputs import BaseModelOutput
 @strict
 class BeatsConfig(PreTrainedConfig):
     model_type = "beats"
+    attribute_map = {"hidden_size": "encoder_embed_dim", "num_hidden_layers": "encoder_layers"}
 
-    hidden_size: int = 768
-    num_mel_bins: int = 128
-    patch_size: int = 16
-    initializer_range: float = 0.02
+    input_patch_size: int = 16
+    embed_dim: int = 512
+    encoder_layers: int = 12
+    encoder_embed_dim: int = 768
+    encoder_ffn_embed_dim: int = 3072
+    encoder_attention_heads: int = 12
+    encoder_layerdrop: float = 0.05
+    conv_pos: int = 128
+    conv_pos_groups: int = 16
+    num_buckets: int = 320
+    max_distance: int = 800
 
 
 class BeatsModel(PreTrainedModel):
@@ -34,16 +42,17 @@ class BeatsModel(PreTrainedModel):
 
     def __init__(self, config: BeatsConfig):
         super().__init__(config)
-        self.patch_embedding = nn.Conv2d(1, config.hidden_size, config.patch_size, stride=config.patch_size)
-        self.layer_norm = nn.LayerNorm(config.hidden_size)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        size = config.input_patch_size
+        self.patch_embedding = nn.Conv2d(1, config.embed_dim, size, stride=size)
+        self.layer_norm = nn.LayerNorm(config.embed_dim)
+        self.proj = nn.Linear(config.embed_dim, config.encoder_embed_dim)
         self.post_init()
 
     def forward(self, input_features: torch.Tensor, padding_mask: torch.Tensor | None = None, **kwargs):
         patches = self.patch_embedding(input_features.unsqueeze(1))  # (B, D, T/16, F/16)
         hidden = self.proj(self.layer_norm(patches.flatten(2).transpose(1, 2)))  # time-major
         if padding_mask is not None:
-            size = self.config.patch_size
+            size = self.config.input_patch_size
             frames = padding_mask[:, : patches.shape[2] * size].unflatten(1, (patches.shape[2], size)).all(-1)
             hidden = hidden.masked_fill(frames.repeat_interleave(patches.shape[3], dim=1)[..., None], 0.0)
         return BaseModelOutput(last_hidden_state=hidden)

@@ -73,7 +73,7 @@ def test_missing_encoders_have_no_tokens():
 
 
 def test_audio_config_brings_blip2_qformer():
-    config = UniMoeConfig(audio_config={"hidden_size": 24})
+    config = UniMoeConfig(audio_config={"encoder_embed_dim": 24, "conv_pos_groups": 2})
     qformer = config.audio_qformer_config
     assert isinstance(qformer, Blip2QFormerConfig)
     # BLIP-2 defaults, reading BEATs-width features.
@@ -90,7 +90,13 @@ def test_audio_config_brings_blip2_qformer():
         ({"speech_query_tokens": 0}, "speech_query_tokens must be >= 1"),
         ({"speech_query_tokens": 449}, "max_target_positions=448"),
         ({"vision_feature_layer": -26}, "25 hidden states"),
-        ({"audio_config": {"hidden_size": 24}, "audio_qformer_config": {"encoder_hidden_size": 32}}, "BEATs width"),
+        (
+            {
+                "audio_config": {"encoder_embed_dim": 24, "conv_pos_groups": 2},
+                "audio_qformer_config": {"encoder_hidden_size": 32},
+            },
+            "BEATs width",
+        ),
         ({"audio_qformer_config": {}}, "audio_config .the BEATs encoder. is None"),
     ],
 )

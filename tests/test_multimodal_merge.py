@@ -43,16 +43,16 @@ def padded_audio(num_chunks: int, padded_frames: int) -> tuple[torch.Tensor, tor
 
 @pytest.fixture(scope="module")
 def samples() -> list[dict]:
-    """A: image + 2-chunk speech; B: video + 2-chunk audio (last chunk padded); C: text only."""
+    """A: image + 2-chunk speech; B: video + 1-chunk audio (padded); C: text only."""
     torch.manual_seed(1)
-    audio, audio_mask = padded_audio(2, padded_frames=900)
+    audio, audio_mask = padded_audio(1, padded_frames=900)
     return [
         {
             "ids": [1, 10, 11, *placeholders("image"), 12, *placeholders("speech", 2), 13, 14],
             "media": {"pixel_values": torch.randn(1, 3, 28, 28), "input_features": torch.randn(2, 80, 3000)},
         },
         {
-            "ids": [1, 20, *placeholders("video"), 21, *placeholders("audio", 2), 22],
+            "ids": [1, 20, *placeholders("video"), 21, *placeholders("audio"), 22],
             "media": {
                 "pixel_values_videos": torch.randn(1, 4, 3, 28, 28),
                 "audio_input_features": audio,
@@ -177,7 +177,7 @@ def test_no_media_no_encoder_calls(model, samples):
         assert calls == {"vision": [], "speech": [], "audio": []}
         model(**batch_of(samples, "right"))
         # Exactly the given media, nothing for the samples without them: 1 image, then 4 frames.
-        assert calls == {"vision": [1, 4], "speech": [2], "audio": [2]}
+        assert calls == {"vision": [1, 4], "speech": [2], "audio": [1]}
     finally:
         for handle in handles:
             handle.remove()
@@ -204,19 +204,24 @@ def test_mixed_batch_greedy_generation_equals_each_sample_alone(model, samples):
 
 
 def test_cached_generation_equals_uncached_and_encodes_media_once(model, samples):
+    """All four modalities in one prompt (one speech chunk)."""
     sample = {
-        "ids": samples[0]["ids"][:-2] + samples[1]["ids"][1:],
-        "media": {**samples[0]["media"], **samples[1]["media"]},
+        "ids": [1, *placeholders("image"), *placeholders("speech"), 5, *samples[1]["ids"][1:]],
+        "media": {
+            **samples[0]["media"],
+            "input_features": samples[0]["media"]["input_features"][:1],
+            **samples[1]["media"],
+        },
     }
-    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=PAD, eos_token_id=None)
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=PAD, eos_token_id=None)
     calls, handles = count_tower_calls(model)
     try:
         cached = model.generate(**alone(sample), use_cache=True, **kwargs)
-        assert calls == {"vision": [1, 4], "speech": [2], "audio": [2]}  # prefill only
+        assert calls == {"vision": [1, 4], "speech": [1], "audio": [1]}  # prefill only
         for value in calls.values():
             value.clear()
         uncached = model.generate(**alone(sample), use_cache=False, **kwargs)
-        assert len(calls["audio"]) == len(calls["speech"]) == 5  # re-read at every step
+        assert len(calls["audio"]) == len(calls["speech"]) == 4  # re-read at every step
     finally:
         for handle in handles:
             handle.remove()
