@@ -430,8 +430,14 @@ class UniMoeModel(UniMoePreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=text_config)
 
+        past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+        total_length = past_seen_tokens + inputs_embeds.shape[1]
+        if total_length > text_config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence of {total_length} tokens ({past_seen_tokens} cached + {inputs_embeds.shape[1]} new) is longer "
+                f"than the model allows (max_position_embeddings={text_config.max_position_embeddings})."
+            )
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 

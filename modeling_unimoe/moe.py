@@ -4,7 +4,7 @@
           │                                   │
           └──► sort the T·k (token, slot) pairs by expert ──► one GEMM chain per expert
                                                              on its contiguous slice
-                                                  ──► weight, scatter-add back ──► (T, H)
+                                                  ──► unsort, weight, sum the k slots ──► (T, H)
 
 Experts are one `nn.Module` each, so state-dict keys match the official checkpoints
 (`mlp.gate.weight`, `mlp.experts.{k}.{gate,up,down}_proj.weight`), Accelerate device maps can
@@ -87,17 +87,18 @@ def dispatch_to_experts(
     num_tokens, top_k = top_k_index.shape
     flat_index = top_k_index.reshape(-1)  # (T·k,)
     order = flat_index.argsort(stable=True)
-    token_of_slot = order // top_k  # (T·k,) token id of each sorted slot
     counts = torch.bincount(flat_index, minlength=len(experts)).tolist()  # one host sync per layer
 
-    sorted_inputs = hidden_states[token_of_slot]
+    sorted_inputs = hidden_states[order // top_k]  # (T·k, H), grouped by expert
     outputs = [
         expert(chunk).to(hidden_states.device)
         for expert, chunk in zip(experts, sorted_inputs.split(counts))
         if chunk.shape[0] > 0
     ]
-    expert_outputs = torch.cat(outputs) * top_k_weights.reshape(-1)[order, None].to(hidden_states.dtype)
-    return torch.zeros_like(hidden_states).index_add_(0, token_of_slot, expert_outputs)
+    # Undo the sort with a gather rather than a scatter-add: CPU `index_add_` is slow and
+    # non-deterministic on GPU, while every token has exactly k slots to sum.
+    per_slot = torch.cat(outputs)[order.argsort()].view(num_tokens, top_k, -1)
+    return (per_slot * top_k_weights[..., None].to(per_slot.dtype)).sum(dim=1)
 
 
 class UniMoeSparseMoeBlock(nn.Module):

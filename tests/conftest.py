@@ -1,10 +1,19 @@
-import importlib.util
-from pathlib import Path
+import pytest
+import torch
 
-# Until the BEATs encoder lands in `modeling_unimoe/`, the audio path is tested against a
-# stand-in with the same interface (tests/beats_standin.py). Remove once it has landed.
-if not (Path(__file__).parents[1] / "modeling_unimoe" / "modeling_beats.py").exists():
-    _spec = importlib.util.spec_from_file_location("beats_standin", Path(__file__).with_name("beats_standin.py"))
-    _standin = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_standin)
-    _standin.install()
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    """Every test starts from the same seed and leaves torch's global state as it found it."""
+    dtype = torch.get_default_dtype()
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(dtype)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random checkpoint folder written by the public writer (model + code + tokenizer)."""
+    from unimoe_conversion.tiny_checkpoint import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-unimoe"))
