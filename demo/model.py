@@ -1,0 +1,154 @@
+"""The demo's tiny Uni-MoE: its tokenizer, config and processor.
+
+Sized to train in minutes on two CPU cores yet learn the synthetic task: a 2-layer, 128-wide
+LLaMA with 4 experts (top-2) per layer; CLIP at 28 px with 14-px patches (4 tokens per image,
+one per quadrant); a 2-layer Whisper reading 2-second windows; a 1-layer BEATs with a 2-layer
+Q-Former, also on 2-second windows. The released model reads 30-second windows; the demo's
+clips are under 1.5 s, so its feature extractors are set to 2 s (`chunk_length=2`) and the
+Whisper encoder to 100 positions (= 200 mel frames): 15 times less padding to encode.
+Videos keep every frame's tokens (`video_pooling="concat"`): the official mean over frames
+cannot tell which way something moves.
+"""
+
+import tempfile
+from pathlib import Path
+
+from modeling_unimoe import UniMoeConfig, UniMoeProcessor
+from modeling_unimoe.feature_extraction_unimoe import UniMoeBeatsFeatureExtractor
+from modeling_unimoe.processing_unimoe import DEFAULT_SYSTEM_PROMPT
+
+PLACEHOLDER_TOKENS = ("<image>", "<video>", "<speech>", "<audio>")
+WINDOW_SECONDS = 2  # speech and audio feature windows (the released model: 30)
+IMAGE_SIZE, PATCH_SIZE = 28, 14
+VIDEO_FRAMES = 4
+SPEECH_QUERIES, AUDIO_QUERIES = 4, 4
+
+TEXT = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=512,
+    num_experts=4,
+    num_experts_per_tok=2,
+    router_aux_loss_coef=0.01,
+)
+VISION = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=IMAGE_SIZE,
+    patch_size=PATCH_SIZE,
+    projection_dim=64,
+)
+SPEECH = dict(
+    d_model=64,
+    encoder_layers=2,
+    encoder_attention_heads=4,
+    encoder_ffn_dim=128,
+    decoder_layers=1,
+    decoder_attention_heads=4,
+    decoder_ffn_dim=128,
+    num_mel_bins=80,
+    max_source_positions=WINDOW_SECONDS * 50,  # 100 mel frames per second, halved by the conv stride
+    max_target_positions=16,
+    vocab_size=16,  # the aligner's decoder never embeds tokens
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    decoder_start_token_id=1,
+)
+AUDIO = dict(  # BEATs, official `cfg` names
+    embed_dim=64,
+    encoder_embed_dim=64,
+    encoder_layers=1,
+    encoder_attention_heads=4,
+    encoder_ffn_embed_dim=128,
+    encoder_layerdrop=0.0,
+    conv_pos=16,
+    conv_pos_groups=4,
+    num_buckets=32,
+    max_distance=64,
+)
+AUDIO_QFORMER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, encoder_hidden_size=64)
+
+
+def train_tokenizer(corpus: list[str], vocab_size: int = 768):
+    """A LLaMA-layout sentencepiece BPE tokenizer (unk 0, bos 1, eos 2, byte fallback) trained on
+    `corpus` plus the chat template's words, with the four placeholder tokens added after the
+    vocabulary. Deterministic (one training thread)."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    lines = [*corpus, DEFAULT_SYSTEM_PROMPT, "USER: ASSISTANT:"]
+    with tempfile.TemporaryDirectory() as tmp:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines * 20),
+            model_prefix=str(Path(tmp) / "tokenizer"),
+            vocab_size=vocab_size,
+            model_type="bpe",
+            byte_fallback=True,
+            split_digits=True,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            character_coverage=1.0,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            hard_vocab_limit=False,
+            minloglevel=2,
+            num_threads=1,
+        )
+        tokenizer = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDER_TOKENS)})
+    tokenizer.pad_token = tokenizer.unk_token  # as the official model: pad = unk = 0
+    return tokenizer
+
+
+def demo_config(vocab_size: int, **text_overrides) -> UniMoeConfig:
+    """The demo model's config; `vocab_size` is the tokenizer's (placeholders follow it)."""
+    return UniMoeConfig(
+        text_config={**TEXT, "vocab_size": vocab_size, **text_overrides},
+        vision_config=dict(VISION),
+        speech_config=dict(SPEECH),
+        audio_config=dict(AUDIO),
+        audio_qformer_config=dict(AUDIO_QFORMER),
+        image_token_id=vocab_size,
+        video_token_id=vocab_size + 1,
+        speech_token_id=vocab_size + 2,
+        audio_token_id=vocab_size + 3,
+        video_num_frames=VIDEO_FRAMES,
+        video_pooling="concat",
+        speech_query_tokens=SPEECH_QUERIES,
+        audio_query_tokens=AUDIO_QUERIES,
+        speech_max_chunks=1,
+        audio_max_chunks=1,
+    )
+
+
+def demo_processor(tokenizer, config: UniMoeConfig) -> UniMoeProcessor:
+    """The processor matching `demo_config`: 28-px CLIP input, 2-second Whisper and BEATs windows."""
+    from transformers import CLIPImageProcessorPil, WhisperFeatureExtractor
+
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    return UniMoeProcessor(
+        image_processor=image_processor,
+        feature_extractor=WhisperFeatureExtractor(chunk_length=WINDOW_SECONDS),
+        audio_feature_extractor=UniMoeBeatsFeatureExtractor(chunk_length=WINDOW_SECONDS, max_chunks=1),
+        tokenizer=tokenizer,
+        image_seq_length=config.num_media_tokens("image"),
+        video_num_frames=config.video_num_frames,
+        video_seq_length=config.num_media_tokens("video"),
+        speech_tokens_per_chunk=config.speech_query_tokens,
+        audio_tokens_per_chunk=config.audio_query_tokens,
+        max_speech_chunks=config.speech_max_chunks,
+        max_audio_chunks=config.audio_max_chunks,
+    )
+
+
+__all__ = ["demo_config", "demo_processor", "train_tokenizer"]

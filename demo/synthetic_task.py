@@ -1,0 +1,503 @@
+"""A small synthetic multimodal task in the official Uni-MoE JSON format, with real media files.
+
+Every item is drawn from a seeded generator, so the same seed writes the same files:
+
+| modality | media (written with Pillow / PyAV) | questions (answer set) |
+|---|---|---|
+| image | PNG, 1-4 same shapes in the quadrants of a dark square | colour (4), shape (4), count (4), where (4 quadrants, single shape) |
+| video | MP4 (H.264), one shape crossing the frame | direction (4), colour (4), shape (4) |
+| speech | WAV, 1-3 tone-coded "words" (two-formant syllables, 14 words: digits and four question words) | transcript, first word |
+| audio | WAV, 1-4 bursts of one sound (tone, chord, noise, sweep) | kind (4), count (4), note of a tone (4), loudness (4) |
+| mixed | PNG + WAV: a spoken question word about the image | the answer to the spoken question (16) |
+
+The speech is synthetic, not human speech: each word is a 0.22-second syllable with two formant
+frequencies of its own, so a Whisper-style log-mel front end sees a distinct spectral pattern per
+word. Answers are single words or short phrases, so exact match is meaningful; every question
+type has at least four possible answers (chance at most 25%; transcripts far less).
+
+Splits (JSON lists of `{"id", "image"?, "video"?, "voice"?, "conversations", "modality",
+"question_type"}`; media paths are relative to the JSON file's folder; each `<speech>` or
+`<audio>` placeholder takes the next `voice` file in order):
+
+- `stage1_captions.json`: one caption per media item (connector alignment);
+- `stage2_<modality>.json` for image, video, speech, audio: per-modality instructions;
+- `stage3_mixed.json`: a mix of all four plus image+speech items;
+- `test.json`: held-out items (media never used in training) with one question each.
+"""
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from unimoe_processing.synthetic_media import write_audio, write_image, write_video
+
+SAMPLING_RATE = 16000
+MODALITIES = ("image", "video", "speech", "audio", "mixed")
+SINGLE_MODALITIES = MODALITIES[:4]
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 235), "yellow": (230, 215, 40)}
+SHAPES = ("circle", "square", "triangle", "cross")
+COUNTS = ("one", "two", "three", "four")
+QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
+DIRECTIONS = ("left", "right", "up", "down")
+SOUND_KINDS = ("tone", "chord", "noise", "sweep")
+NOTES = {"C": 523.25, "E": 659.26, "G": 783.99, "B": 987.77}  # the fifth octave
+LOUDNESS = {"very quiet": 0.02, "quiet": 0.06, "loud": 0.2, "very loud": 0.6}  # peak amplitude, ~10 dB apart
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+QUESTION_WORDS = ("colour", "shape", "count", "where")
+WORDS = DIGITS + QUESTION_WORDS
+# Two formants per word: a 4 x 4 grid of (low, high) frequencies, 14 of 16 cells used.
+_F1 = (300.0, 480.0, 700.0, 950.0)
+_F2 = (1400.0, 1900.0, 2500.0, 3200.0)
+FORMANTS = {word: (_F1[i // 4], _F2[i % 4]) for i, word in enumerate(WORDS)}
+
+WORD_SECONDS, WORD_STRIDE = 0.22, 0.3
+BURST_SECONDS, BURST_STRIDE = 0.15, 0.27
+
+QUESTIONS = {
+    "image": {
+        "colour": ("What colour is the shape?", "What colour are the shapes in the picture?"),
+        "shape": ("What shape is shown?", "Which shape do you see?"),
+        "count": ("How many shapes are there?", "Count the shapes."),
+        "where": ("Where is the shape?", "In which corner is the shape?"),
+    },
+    "video": {
+        "direction": ("Which way does the shape move?", "In which direction is the shape moving?"),
+        "colour": ("What colour is the moving shape?", "What colour is the shape in the video?"),
+        "shape": ("What shape is moving?", "Which shape moves in the video?"),
+    },
+    "speech": {
+        "transcript": ("What does the speaker say?", "Transcribe the speech."),
+        "first word": ("What is the first word?", "Which word is spoken first?"),
+    },
+    "audio": {
+        "kind": ("What kind of sound is it?", "Which sound do you hear?"),
+        "count": ("How many bursts are there?", "How many times does the sound play?"),
+        "note": ("Which note is played?", "What is the pitch of the tone?"),
+        "loudness": ("How loud is the sound?", "Is the sound loud or quiet?"),
+    },
+    "mixed": {"spoken question": ("Answer the spoken question about the image.",)},
+}
+CAPTION_PROMPTS = {
+    "image": "Describe the image briefly.",
+    "video": "Describe the video briefly.",
+    "speech": "Repeat what the speaker says.",
+    "audio": "Describe the sound briefly.",
+}
+PLACEHOLDER = {"image": "<image>", "video": "<video>", "speech": "<speech>", "audio": "<audio>"}
+
+
+@dataclass(frozen=True)
+class TaskSizes:
+    """Items per split and modality (each item is one media file with one conversation).
+
+    `caption`: stage-1 captions per modality; `instruct`: stage-2 instructions per modality;
+    `stage3`: stage-3 items per single modality; `mixed`: stage-3 image+speech items; `test`:
+    held-out items per modality (mixed included). Stage-1 and stage-2 items share media; stage 3
+    and the test split have their own.
+    """
+
+    caption: int = 200
+    instruct: int = 400
+    stage3: int = 150
+    mixed: int = 400
+    test: int = 40
+
+
+@dataclass
+class TaskFiles:
+    """Paths of a generated task (all JSON files in `root`)."""
+
+    root: Path
+    stage1: Path
+    stage2: dict[str, Path]
+    stage3: Path
+    test: Path
+    text_corpus: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ images
+
+
+def _jitter(rng: random.Random, value: int, spread: int) -> int:
+    return value + rng.randint(-spread, spread)
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: tuple[float, float], radius: float, fill) -> None:
+    """Draws one filled shape of half-size `radius` around `centre`."""
+    x, y = centre
+    if shape == "circle":
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill)
+    elif shape == "square":
+        draw.rectangle((x - radius, y - radius, x + radius, y + radius), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(x, y - radius), (x + radius, y + radius), (x - radius, y + radius)], fill=fill)
+    elif shape == "cross":
+        arm = max(radius / 3, 1)
+        draw.rectangle((x - radius, y - arm, x + radius, y + arm), fill=fill)
+        draw.rectangle((x - arm, y - radius, x + arm, y + radius), fill=fill)
+    else:
+        raise ValueError(f"Unknown shape {shape!r}; expected one of {SHAPES}.")
+
+
+def _colour(rng: random.Random, name: str) -> tuple[int, int, int]:
+    return tuple(min(255, max(0, _jitter(rng, c, 15))) for c in COLOURS[name])
+
+
+def _background(rng: random.Random, size: int) -> Image.Image:
+    noise = np.random.default_rng(rng.getrandbits(32)).integers(0, 40, (size, size, 3), dtype=np.uint8)
+    return Image.fromarray(noise)
+
+
+def render_image(rng: random.Random, size: int, colour: str, shape: str, quadrants: list[int]) -> Image.Image:
+    """`len(quadrants)` copies of a shape, one per listed quadrant (0 = top left, row-major)."""
+    image = _background(rng, size)
+    draw = ImageDraw.Draw(image)
+    half = size / 2
+    for quadrant in quadrants:
+        row, col = divmod(quadrant, 2)
+        centre = (half * (col + 0.5) + rng.uniform(-1, 1), half * (row + 0.5) + rng.uniform(-1, 1))
+        draw_shape(draw, shape, centre, half * rng.uniform(0.3, 0.38), _colour(rng, colour))
+    return image
+
+
+def video_frames(
+    rng: random.Random, size: int, num_frames: int, colour: str, shape: str, direction: str
+) -> list[np.ndarray]:
+    """Frames of one shape crossing the frame in `direction` (from one edge region to the other)."""
+    radius = size * rng.uniform(0.15, 0.19)
+    start, end = radius + 1, size - radius - 1
+    across = rng.uniform(start, end)  # the coordinate that stays fixed
+    fill = _colour(rng, colour)
+    background = _background(rng, size)
+    frames = []
+    for t in np.linspace(0.0, 1.0, num_frames):
+        along = start + (end - start) * t
+        if direction in ("left", "up"):
+            along = start + end - along
+        centre = (along, across) if direction in ("left", "right") else (across, along)
+        frame = background.copy()
+        draw_shape(ImageDraw.Draw(frame), shape, centre, radius, fill)
+        frames.append(np.asarray(frame))
+    return frames
+
+
+# ------------------------------------------------------------------------------------- sound
+
+
+def _envelope(num_samples: int, ramp: int) -> np.ndarray:
+    envelope = np.ones(num_samples, dtype=np.float32)
+    ramp = min(ramp, num_samples // 2)
+    envelope[:ramp] = np.linspace(0.0, 1.0, ramp)
+    envelope[num_samples - ramp :] = np.linspace(1.0, 0.0, ramp)
+    return envelope
+
+
+def speak_words(rng: random.Random, words: list[str]) -> np.ndarray:
+    """Tone-coded "speech": word k is a two-formant syllable starting near `0.1 + k * 0.3` s."""
+    np_rng = np.random.default_rng(rng.getrandbits(32))
+    total = int(SAMPLING_RATE * (0.2 + WORD_STRIDE * len(words)))
+    wave = 0.003 * np_rng.standard_normal(total).astype(np.float32)
+    n = int(WORD_SECONDS * SAMPLING_RATE)
+    t = np.arange(n) / SAMPLING_RATE
+    for k, word in enumerate(words):
+        f1, f2 = (f * rng.uniform(0.98, 1.02) for f in FORMANTS[word])
+        syllable = np.sin(2 * np.pi * f1 * t) + 0.6 * np.sin(2 * np.pi * f2 * t)
+        syllable *= np.hanning(n) * rng.uniform(0.25, 0.35)
+        offset = int(SAMPLING_RATE * (0.1 + WORD_STRIDE * k + rng.uniform(-0.02, 0.02)))
+        wave[offset : offset + n] += syllable.astype(np.float32)
+    return np.clip(wave, -1.0, 1.0)
+
+
+def _burst(np_rng: np.random.Generator, kind: str, frequency: float, num_samples: int) -> np.ndarray:
+    t = np.arange(num_samples) / SAMPLING_RATE
+    if kind == "tone":
+        wave = np.sin(2 * np.pi * frequency * t)
+    elif kind == "chord":  # major triad
+        wave = sum(np.sin(2 * np.pi * frequency * ratio * t) for ratio in (1.0, 1.25, 1.5)) / 2.2
+    elif kind == "noise":
+        wave = np.clip(np_rng.standard_normal(num_samples) / 2.5, -1, 1)
+    elif kind == "sweep":  # one octave up, phase-continuous
+        instantaneous = frequency * 2 ** (t / t[-1])
+        wave = np.sin(2 * np.pi * np.cumsum(instantaneous) / SAMPLING_RATE)
+    else:
+        raise ValueError(f"Unknown sound kind {kind!r}; expected one of {SOUND_KINDS}.")
+    return wave.astype(np.float32)
+
+
+def play_bursts(rng: random.Random, kind: str, note: str, count: int, loudness: str) -> np.ndarray:
+    """`count` bursts of one sound at one loudness, about `BURST_STRIDE` s apart."""
+    np_rng = np.random.default_rng(rng.getrandbits(32))
+    total = int(SAMPLING_RATE * (0.25 + BURST_STRIDE * count))
+    wave = 0.001 * np_rng.standard_normal(total).astype(np.float32)
+    n = int(BURST_SECONDS * SAMPLING_RATE)
+    amplitude = LOUDNESS[loudness] * rng.uniform(0.85, 1.15)
+    for k in range(count):
+        burst = _burst(np_rng, kind, NOTES[note], n) * _envelope(n, int(0.01 * SAMPLING_RATE)) * amplitude
+        offset = int(SAMPLING_RATE * (0.1 + BURST_STRIDE * k + rng.uniform(-0.02, 0.02)))
+        wave[offset : offset + n] += burst
+    return np.clip(wave, -1.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------- items
+
+
+@dataclass
+class _Item:
+    """One media item (its attributes) and where its files live."""
+
+    modality: str
+    attributes: dict
+    files: dict[str, str]  # "image" / "video" / "voice" -> relative path(s)
+
+
+def _conversation(prompt: str, answer: str) -> list[dict]:
+    return [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]
+
+
+def _media_prefix(modality: str) -> str:
+    if modality == "mixed":
+        return "<image>\n<speech>\n"
+    return PLACEHOLDER[modality] + "\n"
+
+
+def _record(item: _Item, item_id: str, question_type: str, prompt: str, answer: str) -> dict:
+    record = {"id": item_id, **item.files}
+    record["conversations"] = _conversation(_media_prefix(item.modality) + prompt, answer)
+    record["modality"] = item.modality
+    record["question_type"] = question_type
+    return record
+
+
+def image_answers(attributes: dict) -> dict[str, str]:
+    """Every question type an image item can answer, with its answer."""
+    answers = {
+        "colour": attributes["colour"],
+        "shape": attributes["shape"],
+        "count": COUNTS[len(attributes["quadrants"]) - 1],
+    }
+    if len(attributes["quadrants"]) == 1:
+        answers["where"] = QUADRANTS[attributes["quadrants"][0]]
+    return answers
+
+
+def _answers(item: _Item) -> dict[str, str]:
+    a = item.attributes
+    if item.modality == "image":
+        return image_answers(a)
+    if item.modality == "video":
+        return {"direction": a["direction"], "colour": a["colour"], "shape": a["shape"]}
+    if item.modality == "speech":
+        return {"transcript": " ".join(a["words"]), "first word": a["words"][0]}
+    if item.modality == "audio":
+        answers = {"kind": a["kind"], "count": COUNTS[a["count"] - 1], "loudness": a["loudness"]}
+        if a["kind"] == "tone":
+            answers["note"] = a["note"]
+        return answers
+    image = image_answers(a["image"])
+    return {"spoken question": image[a["question"]]}
+
+
+def caption(item: _Item) -> str:
+    """The stage-1 caption of a single-modality item."""
+    a = item.attributes
+    if item.modality == "image":
+        count = len(a["quadrants"])
+        noun = a["shape"] + ("es" if count > 1 and a["shape"] == "cross" else "s" if count > 1 else "")
+        text = f"{COUNTS[count - 1]} {a['colour']} {noun}"
+        return text + (f" at the {QUADRANTS[a['quadrants'][0]]}" if count == 1 else "")
+    if item.modality == "video":
+        return f"a {a['colour']} {a['shape']} moving {a['direction']}"
+    if item.modality == "speech":
+        return " ".join(a["words"])
+    bursts = "burst" if a["count"] == 1 else "bursts"
+    text = f"{COUNTS[a['count'] - 1]} {a['loudness']} {a['kind']} {bursts}"
+    return text + (f" at {a['note']}" if a["kind"] in ("tone", "chord", "sweep") else "")
+
+
+class _Writer:
+    """Draws item attributes and writes their media under `root/media/<modality>/`."""
+
+    def __init__(self, root: Path, rng: random.Random, image_size: int, video_frames: int):
+        self.root, self.rng = root, rng
+        self.image_size, self.video_frames = image_size, video_frames
+        self.counter = 0
+
+    def _path(self, modality: str, suffix: str) -> tuple[Path, str]:
+        self.counter += 1
+        relative = f"media/{modality}/{modality}_{self.counter:05d}{suffix}"
+        (self.root / relative).parent.mkdir(parents=True, exist_ok=True)
+        return self.root / relative, relative
+
+    def _image_attributes(self, num_shapes: int | None = None) -> dict:
+        rng = self.rng
+        count = num_shapes or rng.randint(1, 4)
+        quadrants = sorted(rng.sample(range(4), count))
+        return {"colour": rng.choice(list(COLOURS)), "shape": rng.choice(SHAPES), "quadrants": quadrants}
+
+    def _write_png(self, attributes: dict, modality: str = "image") -> str:
+        path, relative = self._path(modality, ".png")
+        a = attributes
+        write_image(path, render_image(self.rng, self.image_size, a["colour"], a["shape"], a["quadrants"]))
+        return relative
+
+    def _write_words(self, words: list[str], modality: str = "speech") -> str:
+        path, relative = self._path(modality, ".wav")
+        write_audio(path, speak_words(self.rng, words), SAMPLING_RATE)
+        return relative
+
+    def image(self) -> _Item:
+        # Half the images hold a single shape, so "where" questions are common enough.
+        attributes = self._image_attributes(1 if self.rng.random() < 0.5 else None)
+        return _Item("image", attributes, {"image": self._write_png(attributes)})
+
+    def video(self) -> _Item:
+        rng = self.rng
+        a = {"colour": rng.choice(list(COLOURS)), "shape": rng.choice(SHAPES), "direction": rng.choice(DIRECTIONS)}
+        frames = video_frames(rng, self.image_size, self.video_frames, a["colour"], a["shape"], a["direction"])
+        path, relative = self._path("video", ".mp4")
+        write_video(path, frames=iter(frames), fps=4, width=self.image_size, height=self.image_size)
+        return _Item("video", a, {"video": relative})
+
+    def speech(self) -> _Item:
+        words = [self.rng.choice(WORDS) for _ in range(self.rng.randint(1, 3))]
+        return _Item("speech", {"words": words}, {"voice": [self._write_words(words)]})
+
+    def audio(self) -> _Item:
+        rng = self.rng
+        a = {
+            "kind": rng.choice(SOUND_KINDS),
+            "note": rng.choice(list(NOTES)),
+            "count": rng.randint(1, 4),
+            "loudness": rng.choice(list(LOUDNESS)),
+        }
+        path, relative = self._path("audio", ".wav")
+        write_audio(path, play_bursts(rng, a["kind"], a["note"], a["count"], a["loudness"]), SAMPLING_RATE)
+        return _Item("audio", a, {"voice": [relative]})
+
+    def mixed(self) -> _Item:
+        question = self.rng.choice(QUESTION_WORDS)
+        image = self._image_attributes(1 if question == "where" else None)
+        files = {"image": self._write_png(image, "mixed"), "voice": [self._write_words([question], "mixed")]}
+        return _Item("mixed", {"image": image, "question": question}, files)
+
+    def make(self, modality: str) -> _Item:
+        return getattr(self, modality)()
+
+
+def _questions(rng: random.Random, item: _Item, item_id: str, how_many: int) -> list[dict]:
+    """One record of an item with `how_many` question turns of different types (as many as it
+    has, if fewer); the media placeholders open the first human turn."""
+    answers = _answers(item)
+    types = rng.sample(sorted(answers), min(how_many, len(answers)))
+    record = _record(item, item_id, types[0], rng.choice(QUESTIONS[item.modality][types[0]]), answers[types[0]])
+    for qtype in types[1:]:
+        record["conversations"] += _conversation(rng.choice(QUESTIONS[item.modality][qtype]), answers[qtype])
+    if len(types) > 1:
+        record["question_type"] = "+".join(types)
+    return [record]
+
+
+def _split(
+    writer: _Writer, modalities: tuple[str, ...], per_modality: int, prefix: str, build: Callable
+) -> list[dict]:
+    records = []
+    for modality in modalities:
+        for index in range(per_modality):
+            records += build(writer.make(modality), f"{prefix}-{modality}-{index:04d}")
+    return records
+
+
+def text_corpus() -> list[str]:
+    """Every word the task's prompts and answers use (for the tokenizer)."""
+    lines = [q for questions in QUESTIONS.values() for variants in questions.values() for q in variants]
+    lines += list(CAPTION_PROMPTS.values())
+    lines += [" ".join(WORDS), " ".join(COUNTS), " ".join(QUADRANTS), " ".join(DIRECTIONS)]
+    lines += [" ".join(COLOURS), " ".join(SHAPES), " ".join(SOUND_KINDS), " ".join(NOTES), " ".join(LOUDNESS)]
+    lines += ["crosses circles squares triangles at the a moving burst bursts"]
+    return lines
+
+
+def generate_task(
+    root: str | Path,
+    *,
+    seed: int = 0,
+    sizes: TaskSizes = TaskSizes(),
+    image_size: int = 28,
+    video_num_frames: int = 8,
+) -> TaskFiles:
+    """Writes the whole task (media + JSON splits) under `root`; the same seed writes the same task.
+
+    Args:
+        root: output folder (created).
+        seed: seeds every random choice (attributes, jitter, noise).
+        sizes: items per split (`TaskSizes`).
+        image_size: side of the square images and video frames, in pixels.
+        video_num_frames: frames written per video (4 fps).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    writer = _Writer(root, rng, image_size, video_num_frames)
+
+    def caption_and_instruct(item: _Item, item_id: str) -> list[dict]:
+        return [_record(item, item_id, "caption", CAPTION_PROMPTS[item.modality], caption(item))]
+
+    # Stage 1 and 2 share media (as the official LLaVA stages share COCO): the first `caption`
+    # items of each modality get a caption, every item gets instructions.
+    stage1, stage2 = [], {}
+    for modality in SINGLE_MODALITIES:
+        stage2[modality] = []
+        for index in range(max(sizes.caption, sizes.instruct)):
+            item, item_id = writer.make(modality), f"train-{modality}-{index:04d}"
+            if index < sizes.caption:
+                stage1 += caption_and_instruct(item, item_id + "-caption")
+            if index < sizes.instruct:
+                stage2[modality] += _questions(rng, item, item_id, 3)
+    stage3 = _split(writer, SINGLE_MODALITIES, sizes.stage3, "stage3", lambda i, n: _questions(rng, i, n, 1))
+    stage3 += _split(writer, ("mixed",), sizes.mixed, "stage3", lambda i, n: _questions(rng, i, n, 1))
+    rng.shuffle(stage3)
+    test = _split(writer, MODALITIES, sizes.test, "test", lambda i, n: _questions(rng, i, n, 1))
+
+    files = TaskFiles(
+        root=root,
+        stage1=root / "stage1_captions.json",
+        stage2={modality: root / f"stage2_{modality}.json" for modality in SINGLE_MODALITIES},
+        stage3=root / "stage3_mixed.json",
+        test=root / "test.json",
+        text_corpus=text_corpus(),
+    )
+    _dump(files.stage1, stage1)
+    for modality, path in files.stage2.items():
+        _dump(path, stage2[modality])
+    _dump(files.stage3, stage3)
+    _dump(files.test, test)
+    _dump(root / "task.json", {"seed": seed, "sizes": asdict(sizes), "image_size": image_size})
+    return files
+
+
+def _dump(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=1))
+
+
+__all__ = [
+    "COLOURS",
+    "MODALITIES",
+    "QUESTIONS",
+    "SHAPES",
+    "TaskFiles",
+    "TaskSizes",
+    "WORDS",
+    "caption",
+    "generate_task",
+    "play_bursts",
+    "render_image",
+    "speak_words",
+    "text_corpus",
+    "video_frames",
+]
