@@ -25,6 +25,8 @@ from safetensors.torch import save_file
 
 from modeling_unimoe import UniMoeConfig
 
+from .lora import adapter_keys_as_saved
+
 EXPERT_FILE = "mlp_expert.safetensors"
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 DENSE_MLP_KEY = re.compile(r"model\.layers\.(\d+)\.mlp\.(gate_proj|up_proj|down_proj)\.weight")
@@ -260,7 +262,8 @@ def merge_lora_checkpoint(base_dir: str | Path, adapter_dir: str | Path, output_
 
     _forget_deepspeed_zero3()
     base = UniMoeForConditionalGeneration.from_pretrained(base_dir, dtype="auto")
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    with adapter_keys_as_saved(base):
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     output_dir = Path(output_dir)
     merged.save_pretrained(output_dir)
     _copy_side_files(Path(base_dir), output_dir)

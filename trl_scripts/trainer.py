@@ -26,6 +26,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.utils import logging
 
 from .collator import SKIP_REASONS
+from .lora import adapter_keys_as_saved
 from .sampler import ModalityLengthGroupedSampler
 
 logger = logging.get_logger(__name__)
@@ -112,6 +113,17 @@ class UniMoeTrainer(Trainer):
             if aux_loss is not None:
                 self._logged["aux_loss"] += aux_loss.detach().float().cpu() / ga
         return (loss, outputs) if return_outputs else loss
+
+    # ---------------------------------------------------------------------- loading adapters
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # PEFT would drop the expert LoRA weights of a per-expert model (see `lora.py`).
+        with adapter_keys_as_saved(self.model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        with adapter_keys_as_saved(self.model):
+            super()._load_best_model()
 
     # ---------------------------------------------------------------------------- sampling
 
