@@ -111,7 +111,7 @@ def run_stage(
 
         get_stage(stage)  # a known stage
         model = get_peft_model(model, peft_config)
-    if training_args.gradient_checkpointing:
+    if training_args.activation_checkpointing:
         model.enable_input_require_grads()
 
     trainer = UniMoeTrainer(

@@ -15,9 +15,9 @@ accelerate launch --config_file trl_scripts/configs/zero2.yaml trl_scripts/stage
     --model_name_or_path out/stage1 \
     --expert_files out/stage2-audio out/stage2-image out/stage2-speech out/stage2-image \
     --dataset_name data/mixed_instructions.json \
-    --learning_rate 4e-5 --weight_decay 0 --warmup_ratio 0.03 --lr_scheduler_type cosine \
+    --learning_rate 4e-5 --weight_decay 0 --warmup_steps 0.03 --lr_scheduler_type cosine \
     --per_device_train_batch_size 2 --gradient_accumulation_steps 4 --num_train_epochs 2 \
-    --bf16 --gradient_checkpointing --group_by_modality_length \
+    --bf16 --activation_checkpointing --group_by_modality_length \
     --report_to none \
     --output_dir out/stage3
 ```
