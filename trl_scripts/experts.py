@@ -96,8 +96,13 @@ def parse_moe_layers(value: str | Sequence[int]) -> str | list[int]:
 
 
 def _with_text_config(config: UniMoeConfig, **changes) -> UniMoeConfig:
+    from huggingface_hub.errors import StrictDataclassError
+
     text = {**config.text_config.to_dict(), **changes}
-    config.text_config = type(config.text_config).from_dict(text)
+    try:
+        config.text_config = type(config.text_config).from_dict(text)
+    except StrictDataclassError as err:
+        raise ValueError(f"Invalid MoE settings {changes}: {err}") from err
     return config
 
 
