@@ -86,9 +86,9 @@ def test_official_sample_becomes_chat_messages(tmp_path):
         {
             "role": "user",
             "content": [
-                {"type": "image", "path": str(tmp_path / "img/a.png")},
-                {"type": "speech", "path": str(tmp_path / "q.wav")},
-                {"type": "speech", "path": "/abs/r.wav"},
+                {"type": "image", "image": str(tmp_path / "img/a.png")},
+                {"type": "speech", "speech": str(tmp_path / "q.wav")},
+                {"type": "speech", "speech": "/abs/r.wav"},
                 {"type": "text", "text": "Compare with"},
             ],
         },
@@ -138,6 +138,8 @@ def test_build_dataset_drops_invalid_samples_with_their_index(tmp_path, media, p
     assert dataset["modality"] == ["image+speech", "text"]
     assert report.invalid == [(1, "1 image placeholder(s) in the human turns but 0 item(s) in 'image'")]
     assert report.media_dir == tmp_path
+    assert dataset["image"] == [str(tmp_path / "red.png"), None]  # relative paths made absolute
+    assert dataset["voice"] == [[str(tmp_path / "tone.wav")], None]
     # words + image tokens (4) + one speech chunk (5)
     assert dataset["length"] == [
         len("<image>\n<audio>\nWhat is in the image? A red circle on the left.".split()) + 9,

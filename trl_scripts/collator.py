@@ -50,7 +50,8 @@ class UniMoeDataCollator:
         processor: a `UniMoeProcessor`.
         model_max_length: longest sequence (media expanded) a sample may have; longer ones are skipped.
         voice_modality: `"speech"` (Whisper) or `"audio"` (BEATs) for the `voice` files.
-        media_dir: folder of relative media paths (`DataReport.media_dir`).
+        media_dir: folder of relative media paths, for samples not from `build_dataset` (which
+            makes them absolute).
 
     Returns from `__call__`: `input_ids`, `attention_mask`, `labels` (right-padded), the media
     inputs of the kept samples concatenated in sample order, and `skipped` (counts per

@@ -32,6 +32,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 VOICE_MODALITIES = ("speech", "audio")
+MEDIA_COLUMNS = ("image", "video", "voice")
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 PLACEHOLDER_RE = re.compile(r"<(image|video|audio|speech)>")
 # Whitespace around a placeholder goes with it ("<image>\nWhat ..." → "What ...").
@@ -140,7 +141,7 @@ def to_messages(
         for kind in found:
             source = media_source(media[kind][wanted[kind]], media_dir) if wanted[kind] < len(media[kind]) else None
             wanted[kind] += 1
-            blocks.append({"type": kind, "video" if kind == "video" else "path": source})
+            blocks.append({"type": kind, kind: source})
         blocks.append({"type": "text", "text": PLACEHOLDER_WITH_SPACE_RE.sub(" ", text).strip()})
         messages.append({"role": "user", "content": blocks})
     for modality in MODALITY_ORDER:
@@ -244,7 +245,7 @@ def build_dataset(
     """The training dataset and a `DataReport`.
 
     Invalid samples (`to_messages` errors) are dropped, each logged with its index. The result
-    keeps the original columns (media paths made absolute) and adds `sample_index` (position in
+    keeps the original columns (relative media paths made absolute, under `default_media_dir`) and adds `sample_index` (position in
     the source), `modality` (e.g. `"image+speech"`) and `length` (an estimate, for grouping).
     """
     if voice_modality not in VOICE_MODALITIES:
@@ -264,6 +265,9 @@ def build_dataset(
         except SampleError as err:
             out["problem"] = str(err)
             return out
+        for column in MEDIA_COLUMNS:  # paths become absolute; undecoded `datasets` media stay as they are
+            if isinstance(sample.get(column), (str, list)):
+                out[column] = media_source(sample[column], root)
         out["modality"] = sample_modality(sample, voice_modality)
         out["length"] = estimated_length(sample, tokens, voice_modality)
         return out

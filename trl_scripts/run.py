@@ -84,8 +84,22 @@ def _datasets(script_args: UniMoeScriptArguments, training_args: UniMoeTrainingA
         train, report = build_dataset(script_args.dataset_name, split=script_args.dataset_train_split, **kwargs)
         evaluation = None
         if training_args.eval_strategy != "no":
-            evaluation, _ = build_dataset(script_args.dataset_name, split=script_args.dataset_test_split, **kwargs)
+            name, split = _eval_source(script_args)
+            evaluation, _ = build_dataset(name, split=split, **kwargs)
     return train, evaluation, report
+
+
+def _eval_source(script_args: UniMoeScriptArguments) -> tuple[str, str]:
+    """(dataset, split) to evaluate on: `--dataset_test_split` is a split name, or the evaluation
+    file itself when `--dataset_name` is a JSON file (which has no splits)."""
+    test = script_args.dataset_test_split
+    if Path(test).is_file():
+        return test, "train"
+    if Path(script_args.dataset_name).is_file():
+        raise ValueError(
+            f"{script_args.dataset_name} is one file without splits: give the evaluation file as --dataset_test_split."
+        )
+    return script_args.dataset_name, test
 
 
 def run_stage(

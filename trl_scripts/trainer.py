@@ -82,6 +82,7 @@ class UniMoeTrainer(Trainer):
     # ------------------------------------------------------------------------------- loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)  # the caller (e.g. `prediction_step`) keeps its labels
         skipped = inputs.pop("skipped", None)
         if skipped is not None and model.training:
             self.skipped += skipped.cpu()
