@@ -13,6 +13,7 @@ pages are only read when it is used.
 
 import contextlib
 import os
+import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,14 +53,19 @@ class TensorMeta:
 
 
 def load_pickle(path: str | os.PathLike, *, mmap: bool = True) -> object:
-    """`torch.load` with `weights_only=True`; memory-mapped unless the file predates the zip format."""
+    """`torch.load` with `weights_only=True`; memory-mapped unless the file predates the zip format.
+
+    Raises:
+        CheckpointFormatError: the pickle holds more than tensors and plain containers.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except RuntimeError as error:
-        if mmap and "mmap can only be used" in str(error):
-            return torch.load(path, map_location="cpu", weights_only=True)
-        raise
-    except Exception as error:  # weights_only refusals raise UnpicklingError
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as error:
+            if mmap and "mmap can only be used" in str(error):
+                return torch.load(path, map_location="cpu", weights_only=True)
+            raise
+    except pickle.UnpicklingError as error:
         raise CheckpointFormatError(f"{path} cannot be read safely as a weights-only torch pickle: {error}") from error
 
 

@@ -2,8 +2,8 @@
 
 `save_processor` writes a `UniMoeProcessor` (tokenizer with the placeholder tokens, CLIP image
 processor with centre crop, Whisper and BEATs feature extractors, Vicuna-v1 chat template) when
-`modeling_unimoe` provides one, and otherwise the same pieces as stand-alone files (tokenizer
-with the chat template, `preprocessor_config.json` of the image processor and Whisper extractor).
+`modeling_unimoe` provides one, and otherwise the tokenizer (with the chat template) and the
+image processor (`preprocessor_config.json`) as stand-alone files.
 """
 
 import json
@@ -123,6 +123,7 @@ def save_processor(
             "max_speech_chunks": config.speech_max_chunks,
             "max_audio_chunks": config.audio_max_chunks,
         }
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(whisper_dir) if whisper_dir else None
         processor = UniMoeProcessor(
             image_processor=image_processor, feature_extractor=feature_extractor, tokenizer=tokenizer, **counts
         )
@@ -131,7 +132,6 @@ def save_processor(
         tokenizer.chat_template = VICUNA_V1_TEMPLATE
         tokenizer.save_pretrained(output_dir)
         image_processor.save_pretrained(output_dir)
-        feature_extractor.save_pretrained(output_dir)
     if (tokenizer_dir / "tokenizer.model").is_file():  # the sentencepiece model, for slow-tokenizer users
         shutil.copyfile(tokenizer_dir / "tokenizer.model", output_dir / "tokenizer.model")
 

@@ -22,7 +22,7 @@ def parse_size(size: int | str) -> int:
     """`5GB`, `500MB`, `2GiB` or a number of bytes → bytes (decimal units, as transformers)."""
     if isinstance(size, int):
         return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", size.upper())
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B?\s*", size.upper())
     if match is None:
         raise ValueError(f"Cannot read the size {size!r}; use e.g. '5GB', '500MB' or a number of bytes.")
     number, unit, binary = match.groups()
