@@ -559,7 +559,7 @@ def convert(
         output_dir,
         variant,
         sources={
-            name: str(getattr(paths, name))
+            name: getattr(paths, name).name
             for name in ("base", "experts", "delta", "clip", "whisper", "beats", "tokenizer")
             if getattr(paths, name)
         },

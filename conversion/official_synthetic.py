@@ -256,13 +256,14 @@ def _tower_copies(sound: str, rand: _Random) -> dict[str, torch.Tensor]:
     return copies
 
 
-def _save_sharded(folder: Path, shards: list[dict[str, torch.Tensor]]) -> None:
-    names = [f"pytorch_model-{i:05d}-of-{len(shards):05d}.bin" for i in range(1, len(shards) + 1)]
-    weight_map = {}
-    for name, shard in zip(names, shards):
+def _save_sharded(folder: Path, shards: Iterator[dict[str, torch.Tensor]], num_shards: int) -> None:
+    """Saves shards as they are generated (one in memory at a time), plus the index."""
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards, start=1):
+        name = f"pytorch_model-{i:05d}-of-{num_shards:05d}.bin"
         torch.save(shard, folder / name)
         weight_map |= dict.fromkeys(shard, name)
-    total = sum(t.numel() * t.element_size() for shard in shards for t in shard.values())
+        total += sum(t.numel() * t.element_size() for t in shard.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
 
@@ -318,17 +319,22 @@ def write_base(folder: Path, variant: str, dims: SyntheticDims, rand: _Random, *
     folder.mkdir(parents=True)
     base_dims = replace(dims, num_experts=4) if spec.eight_experts else dims  # v2 reuses the 4-expert base
     moe = set(moe_layer_indices("speech" if spec.eight_experts else variant, dims.num_hidden_layers))
-    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(num_shards)]
-    shards[0]["model.embed_tokens.weight"] = rand((dims.vocab_size, dims.hidden_size))
-    for layer in range(dims.num_hidden_layers):
-        shards[layer * num_shards // dims.num_hidden_layers].update(_llm_layer(layer, base_dims, layer in moe, rand))
-    last = shards[-1]
-    last["model.norm.weight"] = rand((dims.hidden_size,), norm=True)
-    last |= _projector(dims, rand)
-    last |= _speech_aligner(dims, rand) if spec.sound == "speech" else _audio_aligner(dims, rand)
-    last |= _tower_copies(spec.sound, rand)
-    last["lm_head.weight"] = rand((dims.vocab_size, dims.hidden_size))
-    _save_sharded(folder, shards)
+
+    def shards() -> Iterator[dict[str, torch.Tensor]]:
+        for shard in range(num_shards):
+            tensors = {"model.embed_tokens.weight": rand((dims.vocab_size, dims.hidden_size))} if shard == 0 else {}
+            for layer in range(dims.num_hidden_layers):
+                if layer * num_shards // dims.num_hidden_layers == shard:
+                    tensors.update(_llm_layer(layer, base_dims, layer in moe, rand))
+            if shard == num_shards - 1:
+                tensors["model.norm.weight"] = rand((dims.hidden_size,), norm=True)
+                tensors |= _projector(dims, rand)
+                tensors |= _speech_aligner(dims, rand) if spec.sound == "speech" else _audio_aligner(dims, rand)
+                tensors |= _tower_copies(spec.sound, rand)
+                tensors["lm_head.weight"] = rand((dims.vocab_size, dims.hidden_size))
+            yield tensors
+
+    _save_sharded(folder, shards(), num_shards)
     base_config = official_config("speech" if spec.eight_experts else variant, base_dims)
     for name in ("config.json", "4config.json") if variant in ("speech", "8e") else ("config.json",):
         (folder / name).write_text(json.dumps(base_config, indent=2))

@@ -320,6 +320,9 @@ def test_hub_folder(converted):
     card = (out / "README.md").read_text()
     assert "Uni-MoE/Uni-MoE-speech-base" in card and "Uni-MoE/Uni-MoE-speech-e2" in card
     assert (out / "modeling_unimoe.py").is_file() and (out / "tokenizer.model").is_file()
+    for path in out.iterdir():  # no path of the converting machine (nor the official "/path/to/") leaks
+        if path.suffix in (".json", ".md", ".jinja"):
+            assert str(paths.base.parent) not in path.read_text() and "/path/to" not in path.read_text(), path.name
 
 
 def test_cli_bf16_and_remote_code_load(converted, tmp_path):
