@@ -27,8 +27,8 @@ from transformers.models.whisper.modeling_whisper import WhisperDecoder
 from modeling_unimoe.configuration_beats import BeatsConfig
 from modeling_unimoe.modeling_beats import BeatsModel
 
-from .convert_unimoe_to_hf import SourcePaths
 from .official_layout import EIGHT_EXPERT_FILES, VARIANTS
+from .official_loader import SourcePaths
 from .tiny_checkpoint import _TOKENIZER_CORPUS, TINY_AUDIO, TINY_AUDIO_QFORMER, TINY_SPEECH, TINY_VISION
 
 # Folder names of the released repositories, per variant: (base, delta).
