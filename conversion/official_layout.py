@@ -148,8 +148,6 @@ BASE_IGNORED = {
     "8config.json": "configuration copy (8-expert): the v2 delta folder's config.json is used",
     "mm_projector.bin": "stage-3 training initialisation of the projector; not read by the official inference loader",
     "mm_audio_aligner.bin": "stage-3 training initialisation of the aligner; not read by the official inference loader",
-    "pytorch_model.bin.index.json": "shard list (read), not weights",
-    "model.safetensors.index.json": "shard list (read), not weights",
 }
 DELTA_IGNORED = {
     "training_args.bin": "pickled training arguments, not weights: never unpickled",
@@ -163,9 +161,9 @@ ENCODER_IGNORED = {
     "tf_model.h5": "the same weights for TensorFlow",
     "flax_model.msgpack": "the same weights for Flax",
     "pytorch_model.bin": "the same weights as model.safetensors",
-    "model.safetensors.index.json": "shard list (read), not weights",
-    "pytorch_model.bin.index.json": "shard list (read), not weights",
 }
+# Shard indexes: read to find the shards.
+INDEX_FILES = {"pytorch_model.bin.index.json", "model.safetensors.index.json"}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .official_layout import (
     DELTA_IGNORED,
     EIGHT_EXPERT_FILES,
     ENCODER_IGNORED,
+    INDEX_FILES,
     NON_LORA_LORA,
     ROUTER_LORA_DUPLICATE,
     ROUTER_LORA_IN_GATES,
@@ -167,7 +168,7 @@ class OfficialCheckpoint:
     def _inventory(self) -> None:
         paths, variant = self.paths, self.variant
         self.base_files = base_weight_files(paths.base)
-        used = {p.name for p in self.base_files} | {"generation_config.json"}
+        used = {p.name for p in self.base_files} | INDEX_FILES | {"generation_config.json"}
         used |= set(TOKENIZER_FILES) if paths.tokenizer == paths.base else set()
         self.ignored += classify_folder(paths.base, used, BASE_IGNORED)
         delta_used = {"config.json", "adapter_config.json", "adapter_model.bin", "adapter_model.safetensors"}
@@ -178,11 +179,13 @@ class OfficialCheckpoint:
         require(not (paths.delta / "fm_adapter.bin").exists(), "fm_adapter.bin (use_fm_block) is not supported.")
         self.ignored += classify_folder(paths.delta, delta_used, DELTA_IGNORED)
         self.clip_files = encoder_weight_file(paths.clip)
-        clip_used = {p.name for p in self.clip_files} | {"config.json", "preprocessor_config.json"}
+        clip_used = {p.name for p in self.clip_files} | INDEX_FILES | {"config.json", "preprocessor_config.json"}
         self.ignored += classify_folder(paths.clip, clip_used, ENCODER_IGNORED)
         if variant.sound == "speech":
             self.whisper_files = encoder_weight_file(paths.whisper)
-            whisper_used = {p.name for p in self.whisper_files} | {"config.json", "preprocessor_config.json"}
+            whisper_used = (
+                {p.name for p in self.whisper_files} | INDEX_FILES | {"config.json", "preprocessor_config.json"}
+            )
             self.ignored += classify_folder(paths.whisper, whisper_used, ENCODER_IGNORED)
 
     def _route_all(self, file: TensorFile, mapper) -> None:
