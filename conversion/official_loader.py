@@ -173,6 +173,7 @@ class OfficialCheckpoint:
         self.ignored += classify_folder(paths.base, used, BASE_IGNORED)
         delta_used = {"config.json", "adapter_config.json", "adapter_model.bin", "adapter_model.safetensors"}
         delta_used |= {"non_lora_trainables.bin", "mm_audio_aligner.bin", "mlp_gates.bin"}
+        delta_used |= set(TOKENIZER_FILES) if paths.tokenizer == paths.delta else set()
         if variant.eight_experts:
             delta_used |= {f"{k}_mlp_experts.bin" for k in range(len(EIGHT_EXPERT_FILES))}
             self.ignored += classify_folder(paths.experts, {f"{name}.bin" for name in EIGHT_EXPERT_FILES}, {})
