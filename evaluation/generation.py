@@ -109,15 +109,19 @@ class HFGenerator:
             for s in samples
         ]
 
-    def __call__(self, samples: Sequence[EvalSample], settings: GenerationSettings) -> list[str]:
-        import torch
-
+    def inputs(self, samples: Sequence[EvalSample]) -> Any:
+        """The batch's model inputs: prompts left-padded, media one list per sample."""
         media = {}
         for modality in ("images", "videos", "speech", "audios"):
             per_sample = [[_materialise(modality, item) for item in s.media.get(modality, [])] for s in samples]
             if any(per_sample):
                 media[modality] = per_sample
-        inputs = self.processor(text=self.prompts(samples), padding_side="left", **media).to(self.device)
+        return self.processor(text=self.prompts(samples), padding_side="left", **media).to(self.device)
+
+    def __call__(self, samples: Sequence[EvalSample], settings: GenerationSettings) -> list[str]:
+        import torch
+
+        inputs = self.inputs(samples)
         torch.manual_seed(settings.seed)
         with torch.inference_mode():
             output = self.model.generate(**inputs, **settings.generate_kwargs())

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+
 from unimoe_evaluation.data import (
     DatasetFormatError,
     add_suffix,

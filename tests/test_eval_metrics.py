@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from unimoe_evaluation.choice import choice_correct, extract_choice, parse_options, reference_letter
 from unimoe_evaluation.cider import cider_d
 from unimoe_evaluation.normalize import CONTRACTIONS, normalize_answer, process_punctuation

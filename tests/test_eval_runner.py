@@ -4,6 +4,7 @@ run-settings checks, scoring, submission files, the CLI's score/table commands."
 import json
 
 import pytest
+
 from unimoe_evaluation.cli import main
 from unimoe_evaluation.data import EvalSample
 from unimoe_evaluation.generation import GenerationSettings
