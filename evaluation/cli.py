@@ -54,7 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--columns", help="datasets input: role=column pairs, e.g. question=q,answers=a,images=img")
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--limit", type=int, help="only the first N samples")
-    run.add_argument("--device", help="default: cuda if available")
+    run.add_argument("--device", help="cuda, cpu, ... (default: cuda if available); auto = device_map='auto'")
     run.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
     run.add_argument("--overwrite", action="store_true", help="discard predictions already in --output")
     run.add_argument("--name", help="row name in the printed table (default: the model folder's name)")
@@ -156,7 +156,7 @@ def _cmd_table(args) -> None:
 def _cmd_tasks(_args) -> None:
     for task in TASKS.values():
         column = f"[{task.paper_column}] " if task.paper_column else ""
-        print(f"{task.name:15s} {column}{task.title} — metric {task.metric}, {task.modality}, {task.generation}")
+        print(f"{task.name:15s} {column}{task.title}: {task.metric}, {task.modality}, {task.generation.describe()}")
 
 
 def main(argv: list[str] | None = None) -> None:

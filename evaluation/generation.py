@@ -66,6 +66,16 @@ class GenerationSettings:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def describe(self) -> str:
+        """A short human-readable summary, e.g. "greedy, max 512 new tokens"."""
+        parts = [f"sample T {self.temperature}" if self.do_sample else "greedy"]
+        if self.num_beams > 1:
+            parts.append(f"{self.num_beams} beams")
+        if self.min_new_tokens:
+            parts.append(f"min {self.min_new_tokens}")
+        parts.append(f"max {self.max_new_tokens} new tokens")
+        return ", ".join(parts)
+
 
 GREEDY = GenerationSettings(max_new_tokens=512)
 SAMPLE_T02 = GenerationSettings(max_new_tokens=1024, do_sample=True, temperature=0.2)
@@ -84,7 +94,7 @@ class HFGenerator:
     left padding, and only the new tokens decoded."""
 
     model_path: str
-    device: str | None = None
+    device: str | None = None  # "cuda", "cpu", ...; "auto" spreads a large model with device_map="auto"
     dtype: str = "auto"
     model: Any = field(default=None, repr=False)
     processor: Any = field(default=None, repr=False)
@@ -98,8 +108,10 @@ class HFGenerator:
         if self.processor is None:
             self.processor = AutoProcessor.from_pretrained(self.model_path, trust_remote_code=True)
         if self.model is None:
-            self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True, dtype=self.dtype)
-            self.model.to(self.device)
+            spread = {"device_map": "auto"} if self.device == "auto" else {}
+            self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=True, dtype=self.dtype, **spread)
+            if not spread:
+                self.model.to(self.device)
         self.model.eval()
 
     def prompts(self, samples: Sequence[EvalSample]) -> list[str]:
@@ -116,7 +128,7 @@ class HFGenerator:
             per_sample = [[_materialise(modality, item) for item in s.media.get(modality, [])] for s in samples]
             if any(per_sample):
                 media[modality] = per_sample
-        return self.processor(text=self.prompts(samples), padding_side="left", **media).to(self.device)
+        return self.processor(text=self.prompts(samples), padding_side="left", **media).to(self.model.device)
 
     def __call__(self, samples: Sequence[EvalSample], settings: GenerationSettings) -> list[str]:
         import torch

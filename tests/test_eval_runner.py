@@ -164,3 +164,37 @@ def test_cli_score_and_table(tmp_path, capsys):
     assert out[-1].split("|")[1].strip() == "tiny" and out[-1].split("|")[6].strip() == "66.67"
     with pytest.raises(SystemExit, match="no scores.json"):
         main(["table", str(tmp_path / "missing")])
+
+
+def _records(pairs, **extra):
+    return [{"id": str(i), "prediction": p, "references": r, **extra} for i, (p, r) in enumerate(pairs)]
+
+
+def test_score_records_per_metric():
+    from unimoe_evaluation.scoring import score_records
+
+    vqa = score_records(get_task("okvqa"), _records([("Red.", ["red"] * 10), ("blue", ["red"] * 10)]))
+    assert vqa["score"] == 50.0
+    aok = score_records(get_task("aokvqa"), _records([("cigar", ["cigar"] * 2 + ["pipe"] * 8)]))
+    assert aok["score"] == pytest.approx(100 * 2 / 3)
+    options = {"A": "red", "B": "blue"}
+    mc = score_records(get_task("mmbench"), _records([("B", ["B"]), ("red", ["B"]), ("blue", ["B"])], options=options))
+    assert mc["score"] == pytest.approx(100 * 2 / 3)
+    em = score_records(get_task("activitynet_qa"), _records([("Yes.", ["yes"]), ("two", ["2", "3"]), ("no", ["yes"])]))
+    assert em["score"] == pytest.approx(100 * 2 / 3)
+    assert "GPT-judged" in em["note"]
+
+
+def test_score_records_caption():
+    from unimoe_evaluation.cider import cider_d
+    from unimoe_evaluation.scoring import score_records
+    from unimoe_evaluation.text_metrics import bleu, rouge_l
+
+    pairs = [("a dog barks", ["a dog barks loudly", "a dog is barking"]), ("rain falls", ["heavy rain falls"])]
+    scores = score_records(get_task("clotho_v2"), _records(pairs))
+    predictions, references = [p for p, _ in pairs], [r for _, r in pairs]
+    assert scores["score"] == pytest.approx(100 * cider_d(predictions, references)[0])
+    assert scores["details"]["bleu4"] == pytest.approx(bleu(predictions, references))
+    assert scores["details"]["rouge_l"] == pytest.approx(100 * rouge_l(predictions, references))
+    meteor = scores["details"]["meteor"]
+    assert isinstance(meteor, float) or meteor.startswith("unavailable: METEOR needs NLTK's WordNet")
