@@ -90,8 +90,8 @@ class Generator(Protocol):
 @dataclass
 class HFGenerator:
     """Generates with a saved Uni-MoE checkpoint folder: `AutoProcessor` + `AutoModel`, both
-    `trust_remote_code=True`, the processor's chat template around each sample's prompt,
-    left padding, and only the new tokens decoded."""
+    `trust_remote_code=True` (loaded on first use), the processor's chat template around each
+    sample's prompt, left padding, and only the new tokens decoded."""
 
     model_path: str
     device: str | None = None  # "cuda", "cpu", ...; "auto" spreads a large model with device_map="auto"
@@ -99,7 +99,8 @@ class HFGenerator:
     model: Any = field(default=None, repr=False)
     processor: Any = field(default=None, repr=False)
 
-    def __post_init__(self):
+    def load(self) -> HFGenerator:
+        """Loads processor and model (done on first use, so a finished run never loads them)."""
         import torch
         from transformers import AutoModel, AutoProcessor
 
@@ -113,9 +114,11 @@ class HFGenerator:
             if not spread:
                 self.model.to(self.device)
         self.model.eval()
+        return self
 
     def prompts(self, samples: Sequence[EvalSample]) -> list[str]:
         """The full model prompts: system prompt, `USER: {prompt} ASSISTANT:`."""
+        self.load()
         return [
             self.processor.apply_chat_template([{"role": "user", "content": s.prompt}], add_generation_prompt=True)
             for s in samples
@@ -123,6 +126,7 @@ class HFGenerator:
 
     def inputs(self, samples: Sequence[EvalSample]) -> Any:
         """The batch's model inputs: prompts left-padded, media one list per sample."""
+        self.load()
         media = {}
         for modality in ("images", "videos", "speech", "audios"):
             per_sample = [[_materialise(modality, item) for item in s.media.get(modality, [])] for s in samples]

@@ -64,14 +64,24 @@ def read_predictions(path: Path, repair: bool = False) -> dict[str, dict]:
     return records
 
 
+def _flatten(meta: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in meta.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def check_run(path: Path, meta: dict[str, Any], overwrite: bool) -> None:
     """Writes `run.json`, or checks that an existing one matches `meta`."""
     if path.exists() and not overwrite:
-        saved = json.loads(path.read_text())
+        saved, now = _flatten(json.loads(path.read_text())), _flatten(meta)
         differences = [
-            f"{key}: {saved.get(key)!r} then, {meta.get(key)!r} now"
-            for key in sorted(set(saved) | set(meta))
-            if saved.get(key) != meta.get(key)
+            f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now"
+            for key in sorted(set(saved) | set(now))
+            if saved.get(key) != now.get(key)
         ]
         if differences:
             raise RunMismatchError(

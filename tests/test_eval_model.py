@@ -38,7 +38,7 @@ def synthetic_task(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generator(tiny_checkpoint):
-    return HFGenerator(str(tiny_checkpoint), device="cpu", dtype="float32")
+    return HFGenerator(str(tiny_checkpoint), device="cpu", dtype="float32").load()
 
 
 def _reference(generator, content, settings):

@@ -83,7 +83,7 @@ def test_other_settings_are_refused_unless_overwrite(tmp_path):
     task = get_task("pope")
     run_evaluation(_samples(2), ScriptedGenerator(), task, tmp_path, progress=False)
     other = GenerationSettings(max_new_tokens=8)
-    with pytest.raises(RunMismatchError, match="generation"):
+    with pytest.raises(RunMismatchError, match="generation.max_new_tokens: 512 then, 8 now"):
         run_evaluation(_samples(2), ScriptedGenerator(), task, tmp_path, settings=other, progress=False)
     generator = ScriptedGenerator()
     run_evaluation(_samples(2), generator, task, tmp_path, settings=other, overwrite=True, progress=False)
@@ -198,3 +198,14 @@ def test_score_records_caption():
     assert scores["details"]["rouge_l"] == pytest.approx(100 * rouge_l(predictions, references))
     meteor = scores["details"]["meteor"]
     assert isinstance(meteor, float) or meteor.startswith("unavailable: METEOR needs NLTK's WordNet")
+
+
+def test_finished_run_never_loads_the_model(tmp_path):
+    from unimoe_evaluation.generation import HFGenerator
+
+    first = run_evaluation(_samples(), ScriptedGenerator(), get_task("pope"), tmp_path, progress=False)
+    # Nothing is left to generate, so the (nonexistent) checkpoint is never opened.
+    again = run_evaluation(
+        _samples(), HFGenerator("/nonexistent/checkpoint"), get_task("pope"), tmp_path, progress=False
+    )
+    assert again["score"] == first["score"]
