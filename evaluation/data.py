@@ -133,7 +133,8 @@ def _is_image_file(path: Any) -> bool:
 
 
 def _map_official_placeholders(prompt: str, voice_as: str) -> str:
-    # Official checkpoints have one sound slot, `<audio>`, fed by `voice`: speech or audio per task.
+    # Official items have one sound slot, `<audio>`, fed by `voice`: speech or audio per task.
+    # Items in our own format (`speech` / `audio` keys) already say which.
     return prompt if voice_as == "audio" else prompt.replace("<audio>", "<speech>")
 
 
@@ -151,7 +152,9 @@ def sample_from_item(
         raise DatasetFormatError(f"item {index}: expected an object, got {type(item).__name__}")
     raw_id = next((item[k] for k in _ID_KEYS if item.get(k) is not None), index)
     sample_id = str(raw_id)
-    prompt = _map_official_placeholders(_human_prompt(item, sample_id), task.voice_as)
+    prompt = _human_prompt(item, sample_id)
+    if item.get("voice") is not None:
+        prompt = _map_official_placeholders(prompt, task.voice_as)
     voice_key = "speech" if task.voice_as == "speech" else "audios"
     references = _references(item)
     if not references and annotations is not None:

@@ -96,6 +96,13 @@ def test_voice_and_audio_placeholder_follow_the_task(tmp_path, media):
     assert audio.media == {"audios": [str(media / "talk.wav")]}
 
 
+def test_own_keys_keep_their_placeholders(tmp_path, media):
+    items = [{"id": 1, "audio": "talk.wav", "conversations": [{"from": "human", "value": "<audio>\nWhat is it?"}]}]
+    (sample,) = load_eval_json(_write(media / "own.json", items), get_task("race_audio"))
+    assert sample.prompt == "<audio>\nWhat is it?"  # general audio, although the task's voice is speech
+    assert sample.media == {"audios": [str(media / "talk.wav")]}
+
+
 def test_video_as_frame_files(tmp_path, media):
     frames = [f"frame_{i}.png" for i in range(3)]
     items = [{"id": 1, "video": frames, "conversations": [{"from": "human", "value": "<video>\nWhat happens?"}]}]
