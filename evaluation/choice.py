@@ -16,9 +16,8 @@ from .normalize import normalize_answer
 _OPTION_LINE = re.compile(r"^\s*\(?([A-J])[.):：]\s*(.+?)\s*$")
 _BARE_LETTER = re.compile(r"^\s*\(?([A-Z])\)?\s*[.:)]?\s*$")
 _LEADING_LETTER = re.compile(r"^\s*\(?([A-Z])(?:\)|[.:,：])")
-_ANSWER_PHRASE = re.compile(
-    r"\b(?:answer|option|choice)\b\s*(?:is|would be|:)?\s*[:：]?\s*\(?([A-Z])\b\)?", re.IGNORECASE
-)
+# Only the words are case-insensitive: "the answer is a dog" names no option.
+_ANSWER_PHRASE = re.compile(r"\b(?i:answer|option|choice)\b\s*(?i:is|would be)?\s*[:：]?\s*\(?([A-Z])\b\)?")
 _STANDALONE_LETTER = re.compile(r"(?<![A-Za-z'])\(?([A-Z])\)?(?![A-Za-z'])")
 _WORDS = re.compile(r"[^\w\s]")
 

@@ -103,6 +103,7 @@ def test_parse_options_official_mmbench_layout():
         ("C) dark red", "C"),
         ("The answer is D.", "D"),
         ("Answer: (A)", "A"),
+        ("The answer is a dog.", "B"),  # "a" is an article, not option A
         ("I think it is B", "B"),  # "I" is a pronoun
         ("A dog is in the picture", "B"),  # "A" is an article; the option text decides
         ("dog", "B"),
