@@ -287,7 +287,11 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(tiny_checkpoint, data, 
     # The resumed history starts with the checkpoint's (steps 1-2); step 3 is new.
     assert [e["step"] for e in resumed.log_history if "loss" in e] == [1, 2, 3]
     torch.testing.assert_close(torch.tensor(resumed.losses), torch.tensor(whole.losses), rtol=1e-6, atol=1e-7)
-    for entry in (e for e in whole.log_history if "loss" in e):  # loss = LM + 0.01 × aux, logged apart
+    for key in ("lm_loss", "aux_loss"):
+        assert [e[key] for e in resumed.log_history if "loss" in e] == pytest.approx(
+            [e[key] for e in whole.log_history if "loss" in e], abs=1e-5
+        )
+    for entry in (e for e in resumed.log_history if "loss" in e):  # loss = LM + 0.01 × aux, logged apart
         assert entry["aux_loss"] > 0
         assert entry["loss"] == pytest.approx(entry["lm_loss"] + 0.01 * entry["aux_loss"], abs=1e-5)
 

@@ -391,6 +391,7 @@ def test_aux_loss_is_not_multiplied_by_gradient_accumulation(tmp_path):
     # (Two optimizer steps' worth were accumulated: the GA-1 step and the GA-2 step.)
     torch.testing.assert_close(trainer._logged["lm_loss"], 2 * ce.detach())
     torch.testing.assert_close(trainer._logged["aux_loss"], 2 * outputs.aux_loss.detach())
+    torch.testing.assert_close(trainer._logged["steps"], torch.tensor(2.0))
 
 
 # ---------------------------------------------------------------------------- accelerate

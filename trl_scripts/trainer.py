@@ -75,8 +75,9 @@ class UniMoeTrainer(Trainer):
         if coef and not text_config.moe_layer_indices:
             raise ValueError(f"router_aux_loss_coef={coef} needs a MoE model; this one has no MoE layer.")
         self.aux_loss_coef = coef
-        self._logged = {"lm_loss": torch.zeros(()), "aux_loss": torch.zeros(())}
-        self._last_logged_step = 0
+        # Sums since the last log; "steps" counts optimizer steps (1/GA per micro-batch), so a
+        # resumed run divides by the steps it took, not by its global step.
+        self._logged = {"lm_loss": torch.zeros(()), "aux_loss": torch.zeros(()), "steps": torch.zeros(())}
         self.skipped = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
 
     # ------------------------------------------------------------------------------- loss
@@ -113,6 +114,7 @@ class UniMoeTrainer(Trainer):
             self._logged["lm_loss"] += lm_loss.detach().float().cpu() / per_step
             if aux_loss is not None:
                 self._logged["aux_loss"] += aux_loss.detach().float().cpu() / ga
+            self._logged["steps"] += 1.0 / ga
         return (loss, outputs) if return_outputs else loss
 
     # ---------------------------------------------------------------------- loading adapters
@@ -143,10 +145,9 @@ class UniMoeTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.model.training:
-            steps = max(self.state.global_step - self._last_logged_step, 1)
-            self._last_logged_step = self.state.global_step
-            parts = torch.stack([self._logged["lm_loss"], self._logged["aux_loss"]]).to(self.args.device)
-            parts = self.accelerator.reduce(parts, reduction="mean") / steps
+            steps = self._logged["steps"].clamp(min=1e-9)
+            parts = torch.stack([self._logged["lm_loss"], self._logged["aux_loss"]]) / steps
+            parts = self.accelerator.reduce(parts.to(self.args.device), reduction="mean")
             logs["lm_loss"] = round(parts[0].item(), 6)
             if self.aux_loss_coef:
                 logs["aux_loss"] = round(parts[1].item(), 6)
