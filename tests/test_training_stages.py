@@ -303,3 +303,12 @@ def test_stages_refuse_the_wrong_model_kind(tiny_checkpoint, dense, data, tmp_pa
         stage2.main(script, args, ModelArguments(model_name_or_path=str(tiny_checkpoint)))
     with pytest.raises(ValueError, match="has no MoE layer"):
         stage3.main(script, args, ModelArguments(model_name_or_path=str(dense)))
+    no_speech = tmp_path / "no-speech"
+    model = UniMoeForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    model.config.speech_config = None
+    model.save_pretrained(no_speech)
+    speech = UniMoeScriptArguments(dataset_name=str(data / "speech.json"))
+    with pytest.raises(ValueError, match="speech samples but the checkpoint has no encoder"):
+        stage3.main(
+            speech, args, ModelArguments(model_name_or_path=str(no_speech), processor_name_or_path=str(tiny_checkpoint))
+        )

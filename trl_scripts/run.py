@@ -102,6 +102,23 @@ def _eval_source(script_args: UniMoeScriptArguments) -> tuple[str, str]:
     return script_args.dataset_name, test
 
 
+def check_encoders(model: UniMoeForConditionalGeneration, report: DataReport) -> None:
+    """Fails before training when the data has a modality the checkpoint has no encoder for."""
+    sub_configs = {
+        "image": "vision_config",
+        "video": "vision_config",
+        "speech": "speech_config",
+        "audio": "audio_config",
+    }
+    present = {m for group in report.modalities for m in group.split("+")} - {"text"}
+    missing = sorted(m for m in present if getattr(model.config, sub_configs[m]) is None)
+    if missing:
+        raise ValueError(
+            f"The dataset has {', '.join(missing)} samples but the checkpoint has no encoder for them "
+            f"({', '.join(sorted({sub_configs[m] for m in missing}))} is None); check --voice_modality."
+        )
+
+
 def run_stage(
     stage: str,
     model: UniMoeForConditionalGeneration,
@@ -112,6 +129,7 @@ def run_stage(
 ) -> tuple[UniMoeTrainer, DataReport]:
     """Trains `model` as `stage` says (`peft_config` for LoRA stages), saves it to `output_dir`."""
     train, evaluation, report = _datasets(script_args, training_args, processor)
+    check_encoders(model, report)
     collator = UniMoeDataCollator(
         processor,
         model_max_length=max_length(training_args, model),
