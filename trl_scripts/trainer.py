@@ -86,7 +86,7 @@ class UniMoeTrainer(Trainer):
         inputs = dict(inputs)  # the caller (e.g. `prediction_step`) keeps its labels
         skipped = inputs.pop("skipped", None)
         if skipped is not None and model.training:
-            self.skipped += skipped.cpu()
+            self.skipped = self.skipped.to(skipped.device) + skipped
         labels = inputs.pop("labels")
         outputs = model(**inputs, use_cache=False, output_router_logits=bool(self.aux_loss_coef))
 
@@ -111,11 +111,15 @@ class UniMoeTrainer(Trainer):
             loss = loss + 0.0 * anchor.sum()
         if model.training:
             per_step = 1 if num_items_in_batch is not None else ga  # what one micro-batch adds to a step
-            self._logged["lm_loss"] += lm_loss.detach().float().cpu() / per_step
+            self._accumulate("lm_loss", lm_loss.detach().float() / per_step)
             if aux_loss is not None:
-                self._logged["aux_loss"] += aux_loss.detach().float().cpu() / ga
-            self._logged["steps"] += 1.0 / ga
+                self._accumulate("aux_loss", aux_loss.detach().float() / ga)
+            self._accumulate("steps", torch.tensor(1.0 / ga))
         return (loss, outputs) if return_outputs else loss
+
+    def _accumulate(self, key: str, value: torch.Tensor) -> None:
+        # Stays on the loss's device: no host sync per micro-batch.
+        self._logged[key] = self._logged[key].to(value.device) + value
 
     # ---------------------------------------------------------------------- loading adapters
 
@@ -145,9 +149,9 @@ class UniMoeTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.model.training:
-            steps = self._logged["steps"].clamp(min=1e-9)
-            parts = torch.stack([self._logged["lm_loss"], self._logged["aux_loss"]]) / steps
-            parts = self.accelerator.reduce(parts.to(self.args.device), reduction="mean")
+            logged = {key: value.to(self.args.device) for key, value in self._logged.items()}
+            parts = torch.stack([logged["lm_loss"], logged["aux_loss"]]) / logged["steps"].clamp(min=1e-9)
+            parts = self.accelerator.reduce(parts, reduction="mean")
             logs["lm_loss"] = round(parts[0].item(), 6)
             if self.aux_loss_coef:
                 logs["aux_loss"] = round(parts[1].item(), 6)
