@@ -2,19 +2,21 @@
 
     unimoe-tiny-checkpoint DIR [--no-vision] [--no-speech] [--no-audio] [--seed N]
 
-writes a folder that `AutoModel.from_pretrained(DIR, trust_remote_code=True)` loads: a random
-model with every encoder (unless left out), its remote code, and a real (tiny) sentencepiece
-LLaMA tokenizer with the placeholder tokens. `tiny_config()` is the one tiny-config factory
-shared by tests, docs and examples.
+writes a folder that `AutoModel.from_pretrained(DIR, trust_remote_code=True)` and
+`AutoProcessor.from_pretrained(DIR, trust_remote_code=True)` load: a random model with every
+encoder (unless left out), its remote code, a real (tiny) sentencepiece LLaMA tokenizer with the
+placeholder tokens (plus its `tokenizer.model`) and a `UniMoeProcessor` whose token counts match
+the tiny model. `tiny_config()` is the one tiny-config factory shared by tests, docs and examples.
 """
 
 import argparse
+import functools
 import tempfile
 from pathlib import Path
 
 import torch
 
-from modeling_unimoe import UniMoeConfig, UniMoeForConditionalGeneration
+from modeling_unimoe import UniMoeConfig, UniMoeForConditionalGeneration, UniMoeProcessor
 
 PLACEHOLDER_TOKENS = ("<image>", "<video>", "<speech>", "<audio>")
 
@@ -126,11 +128,11 @@ def tiny_config(
     return UniMoeConfig(**kwargs)
 
 
-def build_tiny_tokenizer(vocab_size: int = 400):
-    """Trains a real sentencepiece BPE model in LLaMA's layout (unk 0, bos 1, eos 2, byte
-    fallback) and wraps it as a `transformers` LLaMA tokenizer with the placeholder tokens."""
+@functools.cache
+def tiny_sentencepiece_model(vocab_size: int = 400) -> bytes:
+    """The serialised tiny sentencepiece BPE model (LLaMA's layout: unk 0, bos 1, eos 2, byte
+    fallback, dummy prefix, no whitespace folding). Deterministic: one training thread."""
     import sentencepiece as spm
-    from transformers import LlamaTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         spm.SentencePieceTrainer.train(
@@ -151,24 +153,88 @@ def build_tiny_tokenizer(vocab_size: int = 400):
             minloglevel=2,
             num_threads=1,
         )
-        tokenizer = LlamaTokenizer.from_pretrained(tmp)
+        return (Path(tmp) / "tokenizer.model").read_bytes()
+
+
+def build_tiny_tokenizer(vocab_size: int = 400):
+    """The tiny sentencepiece model as a `transformers` LLaMA tokenizer: BOS added, as LLaMA's,
+    placeholder tokens `<image> <video> <speech> <audio>` as added special tokens (ids
+    `vocab_size`..`vocab_size + 3`), pad = unk = 0 as the official model."""
+    from transformers import LlamaTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tokenizer.model").write_bytes(tiny_sentencepiece_model(vocab_size))
+        tokenizer = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True)
     tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDER_TOKENS)})
-    tokenizer.pad_token = tokenizer.unk_token  # as the official model: pad = unk = 0
+    tokenizer.pad_token = tokenizer.unk_token
     return tokenizer
 
 
+def _first_attr(config, names: tuple[str, ...]):
+    for name in names:
+        value = getattr(config, name, None) if config is not None else None
+        if value is not None:
+            return value
+    return None
+
+
+def tiny_processor_counts(config: UniMoeConfig | None = None) -> dict:
+    """Processor settings matching a (tiny) model config: CLIP input size and image tokens from
+    `vision_config` (image_size, patch_size), query tokens per chunk from the speech/audio
+    configs when they carry them; otherwise the tiny defaults (28 px -> 4 tokens, 4 per chunk)."""
+    vision = getattr(config, "vision_config", None)
+    image_size = _first_attr(vision, ("image_size",)) or 28
+    patch_size = _first_attr(vision, ("patch_size",)) or 14
+    query_names = ("num_query_tokens", "query_tokens_size", "num_queries")
+    speech_queries = _first_attr(getattr(config, "speech_config", None), query_names)
+    audio_queries = _first_attr(getattr(config, "audio_config", None), query_names)
+    return {
+        "image_size": image_size,
+        "image_seq_length": (image_size // patch_size) ** 2,
+        "video_seq_length": (image_size // patch_size) ** 2,
+        "speech_tokens_per_chunk": speech_queries or _first_attr(config, ("speech_query_tokens",)) or 4,
+        "audio_tokens_per_chunk": audio_queries or _first_attr(config, ("audio_query_tokens",)) or 4,
+    }
+
+
+def build_tiny_processor(config: UniMoeConfig | None = None, tokenizer=None, **overrides) -> UniMoeProcessor:
+    """A `UniMoeProcessor` for the tiny model: tiny tokenizer, CLIP at the tiny image size,
+    Whisper and BEATs extractors as released; counts from `tiny_processor_counts(config)`,
+    overridable by keyword (any `UniMoeProcessor` argument, plus `image_size`)."""
+    from transformers import CLIPImageProcessorPil
+
+    settings = {**tiny_processor_counts(config), **overrides}
+    image_size = settings.pop("image_size")
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return UniMoeProcessor(image_processor=image_processor, tokenizer=tokenizer or build_tiny_tokenizer(), **settings)
+
+
 def write_tiny_checkpoint(
-    directory: str | Path, *, vision: bool = True, speech: bool = True, audio: bool = True, seed: int = 0
+    directory: str | Path,
+    *,
+    vision: bool = True,
+    speech: bool = True,
+    audio: bool = True,
+    seed: int = 0,
+    **processor_overrides,
 ) -> Path:
-    """Writes a tiny random model, its remote code and its tokenizer to `directory`."""
+    """Writes a tiny random model, its remote code, its processor (tokenizer, `tokenizer.model`,
+    image/speech/audio extractors, chat template) to `directory`. Processor token counts follow
+    the model config (`tiny_processor_counts`) unless given in `processor_overrides`."""
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer()
     if len(tokenizer) != 400 + len(PLACEHOLDER_TOKENS):
         raise RuntimeError(f"tiny tokenizer has {len(tokenizer)} tokens, expected 404")
     torch.manual_seed(seed)
-    model = UniMoeForConditionalGeneration(tiny_config(vision=vision, speech=speech, audio=audio))
+    config = tiny_config(vision=vision, speech=speech, audio=audio)
+    model = UniMoeForConditionalGeneration(config)
     model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    processor = build_tiny_processor(config, tokenizer=tokenizer, **processor_overrides)
+    processor.save_pretrained(directory)
+    # The sentencepiece model itself, for tools (and tests) that read it directly.
+    (directory / "tokenizer.model").write_bytes(tiny_sentencepiece_model())
     return directory
 
 

@@ -20,6 +20,7 @@ from transformers.configuration_utils import SubConfigSpec
 from .configuration_beats import BeatsConfig
 
 ROUTER_TYPES = ("topk_softmax", "gshard_top2")
+EXPERTS_LAYOUTS = ("per_expert", "fused")
 
 
 @strict
@@ -40,6 +41,13 @@ class UniMoeTextConfig(LlamaConfig):
         router_aux_loss_coef (`float`, defaults to 0.01): weight of the load-balancing loss.
         output_router_logits (`bool`, defaults to `False`): return router logits and add the
             load-balancing loss to the LM loss.
+        experts_layout (`str`, defaults to `"per_expert"`): how a MoE layer stores its experts.
+            - `"per_expert"`: one `UniMoeExpert` (gate/up/down `nn.Linear`) per expert, the
+              official layout: expert-level device maps, bitsandbytes and `target_modules` LoRA.
+            - `"fused"`: two 3D tensors per layer (`gate_up_proj`, `down_proj`) for transformers'
+              experts kernels (`experts_implementation`), expert parallelism
+              (`DistributedConfig(ep_size=...)`) and PEFT `target_parameters`. Checkpoints keep
+              the per-expert keys either way (converted on load and save).
     """
 
     model_type = "unimoe_text"
@@ -53,6 +61,7 @@ class UniMoeTextConfig(LlamaConfig):
     router_type: str = "topk_softmax"
     router_aux_loss_coef: float = 0.01
     output_router_logits: bool = False
+    experts_layout: str = "per_expert"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -94,6 +103,8 @@ class UniMoeTextConfig(LlamaConfig):
                 )
             if len(set(self.moe_layers)) != len(self.moe_layers):
                 raise ValueError(f"moe_layers has repeated layer indices: {self.moe_layers}.")
+        if self.experts_layout not in EXPERTS_LAYOUTS:
+            raise ValueError(f"experts_layout must be one of {EXPERTS_LAYOUTS}, got {self.experts_layout!r}.")
 
 
 # CLIP ViT-L/14 at 336 px, as `openai/clip-vit-large-patch14-336`.

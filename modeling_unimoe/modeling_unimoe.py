@@ -8,6 +8,9 @@ Module tree (state-dict names match the official checkpoints for the language mo
     │   ├── layers[i]: UniMoeDecoderLayer
     │   │   ├── self_attn: UniMoeAttention            (LLaMA attention, RoPE, SDPA/eager/flash)
     │   │   └── mlp: UniMoeSparseMoeBlock | UniMoeMLP (config.text_config.moe_layers)
+    │   │       ├── gate: UniMoeRouter
+    │   │       └── experts: UniMoeExperts (one UniMoeExpert each) | UniMoeFusedExperts
+    │   │                    (config.text_config.experts_layout)
     │   ├── norm
     │   ├── vision_tower: CLIPVisionModel                    ─┐ image + video
     │   ├── mm_projector: Linear-GELU-Linear                 ─┘ (vision_config)
@@ -29,11 +32,18 @@ This file travels with every saved checkpoint (remote code): it imports only ins
 libraries and its own siblings, and does nothing at import but define and register classes.
 """
 
+from functools import partial
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import Concatenate, MergeModulelist, WeightConverter
+from transformers.integrations import use_experts_implementation
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
@@ -45,7 +55,15 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from .audio_unimoe import UniMoeAudioAligner
 from .configuration_unimoe import UniMoeConfig, UniMoeTextConfig
 from .modeling_beats import BeatsModel
-from .moe import UniMoeExpert, UniMoeMLP, UniMoeRouter, UniMoeSparseMoeBlock, load_balancing_loss
+from .moe import (
+    UniMoeExpert,
+    UniMoeExperts,
+    UniMoeMLP,
+    UniMoeRouter,
+    UniMoeSparseMoeBlock,
+    dispatch_to_experts,
+    load_balancing_loss,
+)
 from .speech_unimoe import UniMoeSpeechAligner
 from .vision_unimoe import UniMoeMultiModalProjector, pool_video_frames, select_image_features
 
@@ -72,12 +90,73 @@ class UniMoeRMSNorm(LlamaRMSNorm):
     pass
 
 
+@use_experts_implementation
+class UniMoeFusedExperts(nn.Module):
+    """All experts of a MoE layer as two 3D tensors (`text_config.experts_layout="fused"`).
+
+    Mixtral's layout: `gate_up_proj` (E, 2·I, H) stacks each expert's [gate; up] rows and
+    `down_proj` is (E, H, I). The decorator routes `forward` to the kernel named by
+    `config._experts_implementation` (grouped_mm, batched_mm, ...); `forward` below is "eager".
+    Expert parallelism shards both tensors on dim 0 and sets `num_experts` to the local count.
+    """
+
+    def __init__(self, config: UniMoeTextConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.gate_up_proj = nn.Parameter(
+            torch.empty(config.num_experts, 2 * config.intermediate_size, config.hidden_size)
+        )
+        self.down_proj = nn.Parameter(torch.empty(config.num_experts, config.hidden_size, config.intermediate_size))
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def expert_forward(self, expert_id: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(hidden_states, self.gate_up_proj[expert_id]).chunk(2, dim=-1)
+        return F.linear(self.act_fn(gate) * up, self.down_proj[expert_id])
+
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        experts = [partial(self.expert_forward, expert_id) for expert_id in range(self.num_experts)]
+        return dispatch_to_experts(hidden_states, top_k_weights, top_k_index, experts)
+
+
+# Checkpoints keep the official per-expert keys in both layouts: the fused layout merges them on
+# load and `save_pretrained` splits them back. A per-expert model has none of the fused targets,
+# so the loader keeps its keys as they are and these converters never fire for it.
+EXPERTS_CONVERSION_MAPPING = [
+    WeightConverter(
+        source_patterns=["mlp.experts.*.gate_proj.weight", "mlp.experts.*.up_proj.weight"],
+        target_patterns="mlp.experts.gate_up_proj",
+        operations=[MergeModulelist(dim=0), Concatenate(dim=1)],
+    ),
+    WeightConverter(
+        source_patterns="mlp.experts.*.down_proj.weight",
+        target_patterns="mlp.experts.down_proj",
+        operations=[MergeModulelist(dim=0)],
+    ),
+]
+# At import, with overwrite: remote code may be imported more than once per process.
+register_checkpoint_conversion_mapping("unimoe", EXPERTS_CONVERSION_MAPPING, overwrite=True)
+
+# Expert parallelism (fused layout): each rank holds `num_experts / ep_size` experts of every
+# layer, and the tokens reach them through `DistributedConfig.ep_implementation`.
+FUSED_EXPERTS_EP_PLAN = {
+    "layers.*.mlp.experts.gate_up_proj": "grouped_gemm",
+    "layers.*.mlp.experts.down_proj": "grouped_gemm",
+    "layers.*.mlp.experts": "ep_dispatch_experts",
+}
+
+
 class UniMoeDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: UniMoeTextConfig, layer_idx: int):
         super().__init__()
         self.self_attn = UniMoeAttention(config=config, layer_idx=layer_idx)
-        is_moe = layer_idx in config.moe_layer_indices
-        self.mlp = UniMoeSparseMoeBlock(config) if is_moe else UniMoeMLP(config)
+        if layer_idx not in config.moe_layer_indices:
+            self.mlp = UniMoeMLP(config)
+        elif config.experts_layout == "fused":
+            self.mlp = UniMoeSparseMoeBlock(config, UniMoeFusedExperts(config))
+        else:
+            self.mlp = UniMoeSparseMoeBlock(config)
         self.input_layernorm = UniMoeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = UniMoeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
@@ -137,9 +216,33 @@ class UniMoePreTrainedModel(PreTrainedModel):
         "attentions": UniMoeAttention,
     }
 
+    def _check_and_adjust_experts_implementation(self, experts_implementation: str | None) -> str:
+        implementation = super()._check_and_adjust_experts_implementation(experts_implementation)
+        # The fused experts read the text config, which transformers does not update here (at
+        # init and in `set_experts_implementation`): keep it in step with the model's.
+        self.config.text_config._experts_implementation_internal = implementation
+        return implementation
+
+    def init_parallel_plans(self) -> None:
+        super().init_parallel_plans()
+        if self.base_model is self and self.config.text_config.experts_layout == "fused":
+            self._ep_plan.update(FUSED_EXPERTS_EP_PLAN)
+
+    def _resolve_parallel_plans(self, distributed_config):
+        if distributed_config.ep_size > 1 and self.config.text_config.experts_layout != "fused":
+            raise ValueError(
+                f"Expert parallelism (ep_size={distributed_config.ep_size}) shards the fused experts: load with "
+                "`text_config.experts_layout='fused'` (the checkpoint's per-expert keys are merged on load). "
+                "The per-expert layout spreads experts over devices with `device_map` instead."
+            )
+        return super()._resolve_parallel_plans(distributed_config)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if isinstance(module, UniMoeFusedExperts):
+            nn.init.normal_(module.gate_up_proj, mean=0.0, std=self.config.get_text_config().initializer_range)
+            nn.init.normal_(module.down_proj, mean=0.0, std=self.config.get_text_config().initializer_range)
         if isinstance(module, UniMoeRouter):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.get_text_config().initializer_range)
         elif isinstance(module, (UniMoeSpeechAligner, UniMoeAudioAligner)):
@@ -633,6 +736,8 @@ UniMoeForConditionalGeneration.register_for_auto_class("AutoModel")
 
 __all__ = [
     "UniMoeExpert",
+    "UniMoeExperts",
+    "UniMoeFusedExperts",
     "UniMoeForConditionalGeneration",
     "UniMoeModel",
     "UniMoePreTrainedModel",

@@ -6,10 +6,14 @@
                                                              on its contiguous slice
                                                   ──► unsort, weight, sum the k slots ──► (T, H)
 
-Experts are one `nn.Module` each, so state-dict keys match the official checkpoints
-(`mlp.gate.weight`, `mlp.experts.{k}.{gate,up,down}_proj.weight`), Accelerate device maps can
-place single experts on different devices, and bitsandbytes/PEFT see plain `nn.Linear`s.
+By default experts are one `nn.Module` each (`UniMoeExperts`), so state-dict keys match the
+official checkpoints (`mlp.gate.weight`, `mlp.experts.{k}.{gate,up,down}_proj.weight`),
+Accelerate device maps can place single experts on different devices, and bitsandbytes/PEFT see
+plain `nn.Linear`s. The optional fused layout (`UniMoeFusedExperts` in `modeling_unimoe.py`)
+plugs into the same block through the experts contract.
 """
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +62,9 @@ class UniMoeRouter(nn.Module):
             else:
                 top_k_index = router_logits.topk(2, dim=-1).indices
             top_k_weights = probs.gather(-1, top_k_index)
-            top_k_weights = top_k_weights / top_k_weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(probs.dtype).eps)
+            top_k_weights = top_k_weights / top_k_weights.sum(dim=-1, keepdim=True).clamp_min(
+                torch.finfo(probs.dtype).eps
+            )
         else:
             router_logits = F.linear(hidden_states, self.weight)  # (T, E)
             top_k_logits, top_k_index = router_logits.topk(self.top_k, dim=-1)
@@ -66,53 +72,94 @@ class UniMoeRouter(nn.Module):
         return router_logits, top_k_weights, top_k_index
 
 
+def expert_execution_device(expert: nn.Module, default: torch.device) -> torch.device | int | str:
+    """Where `expert` computes: its Accelerate hook's execution device (CPU/disk-offloaded
+    weights live on `meta` until the hook brings them there), else the device of its weights."""
+    device = getattr(getattr(expert, "_hf_hook", None), "execution_device", None)
+    if device is not None:
+        return device
+    param = next(expert.parameters(), None)
+    return default if param is None else param.device
+
+
 def dispatch_to_experts(
     hidden_states: torch.Tensor,
     top_k_weights: torch.Tensor,
     top_k_index: torch.Tensor,
-    experts: nn.ModuleList,
+    experts: Sequence[Callable[[torch.Tensor], torch.Tensor]],
 ) -> torch.Tensor:
     """Weighted sum of each token's k experts: `out[t] = Σ_j w[t, j] · expert_{idx[t, j]}(x[t])`.
 
     The T·k (token, slot) pairs are sorted by expert so that each expert runs one GEMM chain on
-    one contiguous slice. An expert on another device (Accelerate device map, CPU/disk offload)
-    gets its slice there through its hook and returns the result to this device.
+    one contiguous slice. Each expert gets only its slice, on its execution device (Accelerate
+    device map, CPU/disk offload), and its result comes back to this device. Ids beyond the
+    experts given (expert parallelism marks the experts of other ranks so) contribute zero.
 
     Args:
         hidden_states: (T, H) tokens.
         top_k_weights: (T, k) combine weights.
         top_k_index: (T, k) expert ids.
-        experts: the `num_experts` expert modules.
+        experts: one callable (T_e, H) -> (T_e, H) per expert id.
     """
     num_tokens, top_k = top_k_index.shape
+    device = hidden_states.device
     flat_index = top_k_index.reshape(-1)  # (T·k,)
     order = flat_index.argsort(stable=True)
     counts = torch.bincount(flat_index, minlength=len(experts)).tolist()  # one host sync per layer
 
     sorted_inputs = hidden_states[order // top_k]  # (T·k, H), grouped by expert
-    outputs = [
-        expert(chunk).to(hidden_states.device)
-        for expert, chunk in zip(experts, sorted_inputs.split(counts))
-        if chunk.shape[0] > 0
-    ]
+    outputs = []
+    for expert_id, chunk in enumerate(sorted_inputs.split(counts)):
+        if chunk.shape[0] == 0:
+            continue
+        if expert_id >= len(experts):
+            outputs.append(torch.zeros_like(chunk))
+            continue
+        expert = experts[expert_id]
+        if isinstance(expert, nn.Module):
+            chunk = chunk.to(expert_execution_device(expert, device))
+        outputs.append(expert(chunk).to(device))
     # Undo the sort with a gather rather than a scatter-add: CPU `index_add_` is slow and
     # non-deterministic on GPU, while every token has exactly k slots to sum.
     per_slot = torch.cat(outputs)[order.argsort()].view(num_tokens, top_k, -1)
     return (per_slot * top_k_weights[..., None].to(per_slot.dtype)).sum(dim=1)
 
 
-class UniMoeSparseMoeBlock(nn.Module):
-    """Router (`gate`) + experts; a drop-in for the dense MLP of a decoder layer."""
+class UniMoeExperts(nn.ModuleList):
+    """The experts of one MoE layer as one `UniMoeExpert` each (`experts_layout="per_expert"`).
+
+    State-dict keys are the official `experts.{k}.{gate,up,down}_proj.weight`; each expert is a
+    unit of Accelerate device maps and its projections are plain `nn.Linear`s.
+    """
 
     def __init__(self, config: UniMoeTextConfig):
+        super().__init__([UniMoeExpert(config) for _ in range(config.num_experts)])
+
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        return dispatch_to_experts(hidden_states, top_k_weights, top_k_index, self)
+
+
+class UniMoeSparseMoeBlock(nn.Module):
+    """Router (`gate`) + experts; a drop-in for the dense MLP of a decoder layer.
+
+    `experts` is any module with the transformers 5.x experts contract
+    `forward(hidden (T, H), top_k_index (T, k), top_k_weights (T, k)) -> (T, H)`; by default
+    `UniMoeExperts`, one module per expert.
+    """
+
+    def __init__(self, config: UniMoeTextConfig, experts: nn.Module | None = None):
         super().__init__()
         self.gate = UniMoeRouter(config)
-        self.experts = nn.ModuleList([UniMoeExpert(config) for _ in range(config.num_experts)])
+        self.experts = UniMoeExperts(config) if experts is None else experts
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])
         _, top_k_weights, top_k_index = self.gate(flat)
-        return dispatch_to_experts(flat, top_k_weights, top_k_index, self.experts).view_as(hidden_states)
+        # A device map may run the router on another device than the residual stream.
+        top_k_weights, top_k_index = top_k_weights.to(flat.device), top_k_index.to(flat.device)
+        return self.experts(flat, top_k_index, top_k_weights).view_as(hidden_states)
 
 
 def load_balancing_loss(
@@ -149,5 +196,6 @@ def load_balancing_loss(
         num_real = token_weight.sum().clamp_min(1.0)
         fraction = (assigned * token_weight[:, None]).sum(dim=0) / (num_real * top_k)
         mean_prob = (probs * token_weight[:, None]).sum(dim=0) / num_real
-        total = total + num_experts * (fraction * mean_prob).sum()
+        # Layers may sit on different devices (device maps): sum on the first one.
+        total = total + num_experts * (fraction * mean_prob).sum().to(total.device)
     return total
