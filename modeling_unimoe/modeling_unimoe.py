@@ -241,10 +241,10 @@ class UniMoePreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, UniMoeFusedExperts):
-            nn.init.normal_(module.gate_up_proj, mean=0.0, std=self.config.get_text_config().initializer_range)
-            nn.init.normal_(module.down_proj, mean=0.0, std=self.config.get_text_config().initializer_range)
+            init.normal_(module.gate_up_proj, mean=0.0, std=self.config.get_text_config().initializer_range)
+            init.normal_(module.down_proj, mean=0.0, std=self.config.get_text_config().initializer_range)
         if isinstance(module, UniMoeRouter):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.get_text_config().initializer_range)
+            init.normal_(module.weight, mean=0.0, std=self.config.get_text_config().initializer_range)
         elif isinstance(module, (UniMoeSpeechAligner, UniMoeAudioAligner)):
             # The official code starts the queries at zero; distinct random queries let a fresh
             # aligner tell them apart from the first step (BLIP-2's init).
