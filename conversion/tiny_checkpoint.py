@@ -33,18 +33,72 @@ _TOKENIZER_CORPUS = (
 )
 
 
+# Tiny encoders. They keep the released input formats (CLIP patch 14, Whisper's 80 mel bins ×
+# 3000 frames per 30-s chunk, BEATs' 128-bin fbank) so real processors feed them, but are a few
+# units wide: 28-px images → 2×2 = 4 patches.
+TINY_VISION = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+    projection_dim=16,
+)
+TINY_SPEECH = dict(
+    d_model=16,
+    encoder_layers=1,
+    encoder_attention_heads=2,
+    encoder_ffn_dim=32,
+    decoder_layers=1,
+    decoder_attention_heads=2,
+    decoder_ffn_dim=32,
+    num_mel_bins=80,
+    max_source_positions=1500,  # = 3000 mel frames / 2: one 30-s chunk
+    max_target_positions=64,
+    vocab_size=64,  # the aligner's decoder never embeds tokens
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    decoder_start_token_id=1,
+)
+TINY_AUDIO = dict(  # BEATs, official `cfg` names
+    embed_dim=16,
+    encoder_embed_dim=16,
+    encoder_layers=1,
+    encoder_attention_heads=2,
+    encoder_ffn_embed_dim=32,
+    encoder_layerdrop=0.0,
+    conv_pos=16,
+    conv_pos_groups=2,
+    num_buckets=16,
+    max_distance=32,
+)
+TINY_AUDIO_QFORMER = dict(
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    encoder_hidden_size=16,
+)
+TINY_CONNECTORS = dict(video_num_frames=4, speech_query_tokens=5, audio_query_tokens=3)
+
+
 def tiny_config(
     *,
     vision: bool = True,
     speech: bool = True,
     audio: bool = True,
     vocab_size: int = 400,
-    **text_overrides,
+    **overrides,
 ) -> UniMoeConfig:
     """A Uni-MoE config small enough for unit tests (hidden 32, 2 layers, 4 experts, top-2).
 
     `vocab_size` matches the tiny tokenizer; placeholder ids follow it, as they follow the
-    32000-token vocabulary of the released model.
+    32000-token vocabulary of the released model. Media token counts: image 4, video 4 (4 frames,
+    mean), speech 5 per chunk, audio 3 per chunk. `overrides` go to `UniMoeConfig` when they
+    are its fields (e.g. `video_pooling="concat"`, `speech_query_tokens=50`, a whole
+    `vision_config`), else to the text config (e.g. `num_hidden_layers=3`).
     """
     text_config = dict(
         vocab_size=vocab_size,
@@ -57,19 +111,21 @@ def tiny_config(
         num_experts=4,
         num_experts_per_tok=2,
     )
-    text_config.update(text_overrides)
-    vision_config = speech_config = audio_config = None
-    del vision, speech, audio  # the encoders arrive with the encoders issue
-    return UniMoeConfig(
+    kwargs = dict(
         text_config=text_config,
-        vision_config=vision_config,
-        speech_config=speech_config,
-        audio_config=audio_config,
+        vision_config=dict(TINY_VISION) if vision else None,
+        speech_config=dict(TINY_SPEECH) if speech else None,
+        audio_config=dict(TINY_AUDIO) if audio else None,
+        audio_qformer_config=dict(TINY_AUDIO_QFORMER) if audio else None,
         image_token_id=vocab_size,
         video_token_id=vocab_size + 1,
         speech_token_id=vocab_size + 2,
         audio_token_id=vocab_size + 3,
+        **TINY_CONNECTORS,
     )
+    for key, value in overrides.items():
+        (kwargs if key in UniMoeConfig.__dataclass_fields__ else text_config)[key] = value
+    return UniMoeConfig(**kwargs)
 
 
 @functools.cache

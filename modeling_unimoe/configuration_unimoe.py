@@ -14,8 +14,10 @@ from dataclasses import field
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, LlamaConfig, PreTrainedConfig
+from transformers import AutoConfig, Blip2QFormerConfig, LlamaConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_beats import BeatsConfig
 
 ROUTER_TYPES = ("topk_softmax", "gshard_top2")
 EXPERTS_LAYOUTS = ("per_expert", "fused")
@@ -133,6 +135,11 @@ WHISPER_SMALL = {
 }
 
 
+MODALITIES = ("image", "video", "speech", "audio")
+VIDEO_POOLINGS = ("mean", "concat")
+VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
+
+
 @strict
 class UniMoeConfig(PreTrainedConfig):
     r"""Uni-MoE: a MoE LLaMA decoder reading text, images, video, speech and general audio.
@@ -142,12 +149,32 @@ class UniMoeConfig(PreTrainedConfig):
         vision_config (`CLIPVisionConfig`): image and video encoder (CLIP ViT-L/14-336).
         speech_config (`WhisperConfig`): Whisper encoder plus the Whisper decoder used as a
             query aligner (whisper-small).
-        audio_config (`dict`/config, defaults to `None`): the BEATs general-audio encoder and its
-            Q-Former connector (filled by the audio path).
+        audio_config (`BeatsConfig`, defaults to `None`): the BEATs general-audio encoder.
+        audio_qformer_config (`Blip2QFormerConfig`, defaults to `None`): the Q-Former that reads
+            BEATs features with learned queries. Filled with BLIP-2's defaults (cross-attending
+            to `audio_config.hidden_size`) whenever `audio_config` is set and it is not.
+
+    Connectors (official config names in brackets):
+        projector_hidden_act (`str`, defaults to `"gelu"`): activation of the two-layer image
+            projector [`mm_projector_type="mlp2x_gelu"`].
+        vision_feature_layer (`int`, defaults to -2): CLIP hidden state that feeds the projector
+            [`mm_vision_select_layer`]; -2 is the input of the last CLIP layer.
+        vision_feature_select_strategy (`str`, defaults to `"default"`): `"default"` drops the
+            CLS token [`mm_vision_select_feature="patch"`], `"full"` keeps it.
+        video_num_frames (`int`, defaults to 8): frames the processor samples per video.
+        video_pooling (`str`, defaults to `"mean"`): `"mean"` averages the projected frames into
+            one image-sized block (official); `"concat"` keeps every frame's tokens.
+        speech_query_tokens (`int`, defaults to 50): learned queries of the Whisper-decoder
+            aligner, i.e. LLM tokens per 30-second speech chunk [`query_tokens_size`].
+        speech_max_chunks (`int`, defaults to 20): most 30-second chunks per speech item
+            (10 minutes); longer input is an error.
+        audio_query_tokens (`int`, defaults to 50): Q-Former queries, i.e. LLM tokens per
+            30-second audio chunk [`query_tokens_size`].
+        audio_max_chunks (`int`, defaults to 20): most 30-second chunks per audio item.
 
     Placeholder tokens are added special tokens of the tokenizer beyond the LM vocabulary; the
-    processor expands each media item into exactly as many placeholders as it has features and
-    the model replaces them with those features.
+    processor expands each media item into exactly `num_media_tokens(modality, num_chunks)`
+    placeholders and the model replaces them with that item's features.
     """
 
     model_type = "unimoe"
@@ -155,23 +182,121 @@ class UniMoeConfig(PreTrainedConfig):
         "text_config": SubConfigSpec(config_class=UniMoeTextConfig),
         "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model", optional=True),
         "speech_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper", optional=True),
+        "audio_config": SubConfigSpec(config_class=BeatsConfig, optional=True),
+        "audio_qformer_config": SubConfigSpec(config_class=Blip2QFormerConfig, optional=True),
     }
 
     text_config: dict | PreTrainedConfig | None = None
     vision_config: dict | PreTrainedConfig | None = field(default_factory=lambda: dict(CLIP_VIT_L_336))
     speech_config: dict | PreTrainedConfig | None = field(default_factory=lambda: dict(WHISPER_SMALL))
     audio_config: dict | PreTrainedConfig | None = None
+    audio_qformer_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 32000
     video_token_id: int = 32001
     speech_token_id: int = 32002
     audio_token_id: int = 32003
+    projector_hidden_act: str = "gelu"
+    vision_feature_layer: int = -2
+    vision_feature_select_strategy: str = "default"
+    video_num_frames: int = 8
+    video_pooling: str = "mean"
+    speech_query_tokens: int = 50
+    speech_max_chunks: int = 20
+    audio_query_tokens: int = 50
+    audio_max_chunks: int = 20
     tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.audio_config is not None and self.audio_qformer_config is None:
+            # The official Q-Former: BLIP-2's default Q-Former reading BEATs-width features.
+            self.audio_qformer_config = Blip2QFormerConfig(encoder_hidden_size=self.audio_config.hidden_size)
 
     def validate_placeholders(self):
         """Part of `@strict` validation: placeholder ids must be distinct."""
         ids = [self.image_token_id, self.video_token_id, self.speech_token_id, self.audio_token_id]
         if len(set(ids)) != len(ids):
             raise ValueError(f"Placeholder token ids must be distinct, got {ids}.")
+
+    def validate_connectors(self):
+        """Part of `@strict` validation: connector fields and encoder configs fit together."""
+        if self.vision_feature_select_strategy not in VISION_FEATURE_SELECT_STRATEGIES:
+            raise ValueError(
+                f"vision_feature_select_strategy must be one of {VISION_FEATURE_SELECT_STRATEGIES}, "
+                f"got {self.vision_feature_select_strategy!r}."
+            )
+        if self.video_pooling not in VIDEO_POOLINGS:
+            raise ValueError(f"video_pooling must be one of {VIDEO_POOLINGS}, got {self.video_pooling!r}.")
+        for name in (
+            "video_num_frames",
+            "speech_query_tokens",
+            "speech_max_chunks",
+            "audio_query_tokens",
+            "audio_max_chunks",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.vision_config is not None:
+            num_layers = self.vision_config.num_hidden_layers
+            if not -(num_layers + 1) <= self.vision_feature_layer <= num_layers:
+                raise ValueError(
+                    f"vision_feature_layer={self.vision_feature_layer} is not a CLIP hidden state "
+                    f"(the vision tower has {num_layers} layers, so {num_layers + 1} hidden states)."
+                )
+        if self.speech_config is not None and self.speech_query_tokens > self.speech_config.max_target_positions:
+            raise ValueError(
+                f"speech_query_tokens={self.speech_query_tokens} exceeds the Whisper decoder's "
+                f"max_target_positions={self.speech_config.max_target_positions}."
+            )
+        if self.audio_qformer_config is not None:
+            if self.audio_config is None:
+                raise ValueError("audio_qformer_config is set but audio_config (the BEATs encoder) is None.")
+            if self.audio_qformer_config.encoder_hidden_size != self.audio_config.hidden_size:
+                raise ValueError(
+                    f"audio_qformer_config.encoder_hidden_size={self.audio_qformer_config.encoder_hidden_size} "
+                    f"differs from the BEATs width audio_config.hidden_size={self.audio_config.hidden_size}."
+                )
+
+    def num_media_tokens(self, modality: str, num_chunks: int = 1) -> int:
+        """Placeholder tokens (= feature rows) of one media item.
+
+        Args:
+            modality: `"image"`, `"video"`, `"speech"` or `"audio"`.
+            num_chunks: 30-second chunks of a speech or audio item; must be 1 for images and
+                videos.
+
+        Raises:
+            ValueError: unknown modality, a modality this checkpoint has no encoder for, or a
+                chunk count outside `[1, <modality>_max_chunks]`.
+        """
+        if modality not in MODALITIES:
+            raise ValueError(f"Unknown modality {modality!r}; expected one of {MODALITIES}.")
+        encoder_config = (
+            self.audio_config
+            if modality == "audio"
+            else self.speech_config
+            if modality == "speech"
+            else self.vision_config
+        )
+        if encoder_config is None:
+            key = {"image": "vision", "video": "vision"}.get(modality, modality)
+            raise ValueError(f"This checkpoint has no {modality} encoder (config.{key}_config is None).")
+        if modality in ("image", "video"):
+            if num_chunks != 1:
+                raise ValueError(f"{modality} items have exactly one chunk, got num_chunks={num_chunks}.")
+            num_tokens = (encoder_config.image_size // encoder_config.patch_size) ** 2
+            num_tokens += self.vision_feature_select_strategy == "full"  # the CLS token
+            if modality == "video" and self.video_pooling == "concat":
+                num_tokens *= self.video_num_frames
+            return num_tokens
+        max_chunks = self.speech_max_chunks if modality == "speech" else self.audio_max_chunks
+        if not 1 <= num_chunks <= max_chunks:
+            raise ValueError(
+                f"A {modality} item has {num_chunks} chunks of 30 s; this model reads 1 to {max_chunks} "
+                f"({max_chunks // 2} minutes, config.{modality}_max_chunks)."
+            )
+        per_chunk = self.speech_query_tokens if modality == "speech" else self.audio_query_tokens
+        return per_chunk * num_chunks
 
 
 __all__ = ["UniMoeConfig", "UniMoeTextConfig"]

@@ -12,8 +12,21 @@ Module tree (state-dict names match the official checkpoints for the language mo
     │   │       └── experts: UniMoeExperts (one UniMoeExpert each) | UniMoeFusedExperts
     │   │                    (config.text_config.experts_layout)
     │   ├── norm
-    │   └── (modality encoders and connectors, one sub-config each)
+    │   ├── vision_tower: CLIPVisionModel                    ─┐ image + video
+    │   ├── mm_projector: Linear-GELU-Linear                 ─┘ (vision_config)
+    │   ├── speech_tower: WhisperEncoder                     ─┐ speech
+    │   ├── speech_aligner: query_tokens + WhisperDecoder     │ (speech_config)
+    │   ├── speech_projector: Linear                         ─┘
+    │   ├── audio_tower: BeatsModel                          ─┐ general audio
+    │   ├── audio_aligner: query_tokens + Blip2QFormerModel   │ (audio_config,
+    │   └── audio_projector: Linear                          ─┘  audio_qformer_config)
     └── lm_head
+
+Each media item is a run of placeholder tokens in `input_ids`, exactly as many as it has
+feature rows; `UniMoeModel.merge_multimodal_features` encodes the media of the batch and
+scatters each modality's rows into its placeholders in (batch, position) order. Encoders whose
+sub-config is `None` are absent. The towers (CLIP, Whisper encoder, BEATs) are frozen at
+construction; the aligners and projectors train.
 
 This file travels with every saved checkpoint (remote code): it imports only installed
 libraries and its own siblings, and does nothing at import but define and register classes.
@@ -24,7 +37,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import CLIPVisionModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
@@ -35,9 +49,12 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from .audio_unimoe import UniMoeAudioAligner
 from .configuration_unimoe import UniMoeConfig, UniMoeTextConfig
+from .modeling_beats import BeatsModel
 from .moe import (
     UniMoeExpert,
     UniMoeExperts,
@@ -47,10 +64,21 @@ from .moe import (
     dispatch_to_experts,
     load_balancing_loss,
 )
+from .speech_unimoe import UniMoeSpeechAligner
+from .vision_unimoe import UniMoeMultiModalProjector, pool_video_frames, select_image_features
 
 # Auto classes written into a saved config's `auto_map` besides AutoModel (set by
 # `register_for_auto_class`), so every loading habit finds this class.
 EXTRA_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
+
+# Media inputs of `forward`, by modality. `generate()` drops them after the prefill step (the
+# cache holds their effect); transformers' own list misses the audio ones.
+MEDIA_INPUTS = {
+    "image": ("pixel_values",),
+    "video": ("pixel_values_videos",),
+    "speech": ("input_features",),
+    "audio": ("audio_input_features", "audio_padding_mask"),
+}
 
 
 class UniMoeAttention(LlamaAttention):
@@ -163,8 +191,19 @@ class UniMoePreTrainedModel(PreTrainedModel):
     config: UniMoeConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    # Expert granularity: a device map may put each expert of a layer on its own device.
-    _no_split_modules = ["UniMoeAttention", "UniMoeExpert", "UniMoeMLP", "UniMoeRouter"]
+    # Expert granularity: a device map may put each expert of a layer on its own device; the
+    # encoders split per layer (BEATs adds its own classes through `BeatsModel`).
+    _no_split_modules = [
+        "UniMoeAttention",
+        "UniMoeExpert",
+        "UniMoeMLP",
+        "UniMoeRouter",
+        "CLIPEncoderLayer",
+        "CLIPVisionEmbeddings",
+        "WhisperEncoderLayer",
+        "WhisperDecoderLayer",
+        "Blip2QFormerLayer",
+    ]
     _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -205,6 +244,30 @@ class UniMoePreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.down_proj, mean=0.0, std=self.config.get_text_config().initializer_range)
         if isinstance(module, UniMoeRouter):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.get_text_config().initializer_range)
+        elif isinstance(module, (UniMoeSpeechAligner, UniMoeAudioAligner)):
+            # The official code starts the queries at zero; distinct random queries let a fresh
+            # aligner tell them apart from the first step (BLIP-2's init).
+            init.normal_(module.query_tokens, mean=0.0, std=self.config.get_text_config().initializer_range)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading replaces every parameter with a fresh, trainable one: freeze the towers again.
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_towers()
+        return loaded
+
+    def freeze_towers(self, freeze: bool = True) -> None:
+        """Sets `requires_grad` of the encoder towers (CLIP, Whisper encoder, BEATs) to `not freeze`.
+
+        The towers are frozen after construction and after `from_pretrained`, as in every
+        official training stage; the aligners and projectors stay trainable. A stage that tunes
+        a tower calls `freeze_towers(False)` or sets `requires_grad` on the parameters it wants.
+        """
+        for module in self.modules():
+            if isinstance(module, UniMoeModel):
+                for tower in (module.vision_tower, module.speech_tower, module.audio_tower):
+                    if tower is not None:
+                        tower.requires_grad_(not freeze)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if self._auto_class is not None:
@@ -233,8 +296,28 @@ class UniMoeModel(UniMoePreTrainedModel):
         )
         self.norm = UniMoeRMSNorm(text_config.hidden_size, eps=text_config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config=text_config)
+        self._build_encoders(config)
         self.gradient_checkpointing = False
         self.post_init()
+
+    def _build_encoders(self, config: UniMoeConfig) -> None:
+        """The modality paths present in `config`; towers are frozen, connectors train."""
+        self.vision_tower = self.mm_projector = None
+        self.speech_tower = self.speech_aligner = self.speech_projector = None
+        self.audio_tower = self.audio_aligner = self.audio_projector = None
+        text_width = config.text_config.hidden_size
+        if config.vision_config is not None:
+            self.vision_tower = CLIPVisionModel(config.vision_config)
+            self.mm_projector = UniMoeMultiModalProjector(config)
+        if config.speech_config is not None:
+            self.speech_tower = WhisperEncoder(config.speech_config)
+            self.speech_aligner = UniMoeSpeechAligner(config.speech_config, config.speech_query_tokens)
+            self.speech_projector = nn.Linear(config.speech_config.d_model, text_width)
+        if config.audio_config is not None:
+            self.audio_tower = BeatsModel(config.audio_config)
+            self.audio_aligner = UniMoeAudioAligner(config.audio_qformer_config, config.audio_query_tokens)
+            self.audio_projector = nn.Linear(config.audio_qformer_config.hidden_size, text_width)
+        self.freeze_towers()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens
@@ -260,17 +343,157 @@ class UniMoeModel(UniMoePreTrainedModel):
         embeds = self.embed_tokens(input_ids.masked_fill(is_placeholder, 0))
         return embeds.masked_fill(is_placeholder[..., None], 0.0)
 
-    def merge_multimodal_features(
-        self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor, **media
+    def _require_encoder(self, modality: str, tower: nn.Module | None) -> nn.Module:
+        if tower is None:
+            key = "vision" if modality in ("image", "video") else modality
+            raise ValueError(
+                f"Got {modality} inputs, but this checkpoint has no {modality} encoder (config.{key}_config is None)."
+            )
+        return tower
+
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.Tensor:
+        """Projected CLIP features of each image.
+
+        Args:
+            pixel_values: (num_images, 3, H, W), CLIP-normalised.
+
+        Returns:
+            (num_images, config.num_media_tokens("image"), text hidden size).
+        """
+        tower = self._require_encoder("image", self.vision_tower)
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be (num_images, 3, H, W), got shape {tuple(pixel_values.shape)}.")
+        features = select_image_features(
+            tower,
+            pixel_values.to(tower.device, tower.dtype),
+            self.config.vision_feature_layer,
+            self.config.vision_feature_select_strategy,
+        )
+        return self.mm_projector(features)
+
+    def get_video_features(self, pixel_values_videos: torch.FloatTensor) -> torch.Tensor:
+        """Each frame through the image path, then pooled over frames (`config.video_pooling`).
+
+        Args:
+            pixel_values_videos: (num_videos, num_frames, 3, H, W).
+
+        Returns:
+            (num_videos, config.num_media_tokens("video"), text hidden size).
+        """
+        self._require_encoder("video", self.vision_tower)
+        if pixel_values_videos.ndim != 5:
+            raise ValueError(
+                "pixel_values_videos must be (num_videos, num_frames, 3, H, W), "
+                f"got shape {tuple(pixel_values_videos.shape)}."
+            )
+        num_videos, num_frames = pixel_values_videos.shape[:2]
+        frame_features = self.get_image_features(pixel_values_videos.flatten(0, 1))
+        return pool_video_frames(frame_features.unflatten(0, (num_videos, num_frames)), self.config.video_pooling)
+
+    def get_speech_features(self, input_features: torch.FloatTensor) -> torch.Tensor:
+        """Whisper encoder → query aligner → projector, per 30-second chunk.
+
+        Args:
+            input_features: (num_chunks, num_mel_bins, 3000) Whisper log-mel features of all
+                chunks of all speech items, in order.
+
+        Returns:
+            (num_chunks, config.speech_query_tokens, text hidden size).
+        """
+        tower = self._require_encoder("speech", self.speech_tower)
+        if input_features.ndim != 3:
+            raise ValueError(
+                f"input_features must be (num_chunks, num_mel_bins, frames), got shape {tuple(input_features.shape)}."
+            )
+        encoder_states = tower(input_features.to(tower.device, tower.dtype), return_dict=True).last_hidden_state
+        return self.speech_projector(self.speech_aligner(encoder_states))
+
+    def get_audio_features(
+        self, audio_input_features: torch.FloatTensor, audio_padding_mask: torch.BoolTensor | None = None
     ) -> torch.Tensor:
-        """Replaces each modality's placeholder tokens with that modality's features."""
-        for modality, token_id in self.placeholder_token_ids.items():
-            num_tokens = int((input_ids == token_id).sum())
-            if num_tokens:
+        """BEATs → Q-Former with learned queries → projector, per 30-second chunk.
+
+        Args:
+            audio_input_features: (num_chunks, frames, 128) normalised fbank of all chunks of
+                all audio items, in order.
+            audio_padding_mask: (num_chunks, frames), True on padding frames (the last chunk
+                of an item is padded to 30 s).
+
+        Returns:
+            (num_chunks, config.audio_query_tokens, text hidden size).
+        """
+        tower = self._require_encoder("audio", self.audio_tower)
+        if audio_input_features.ndim != 3:
+            raise ValueError(
+                "audio_input_features must be (num_chunks, frames, mel_bins), "
+                f"got shape {tuple(audio_input_features.shape)}."
+            )
+        if audio_padding_mask is not None:
+            if audio_padding_mask.shape != audio_input_features.shape[:2]:
                 raise ValueError(
-                    f"Number of {modality} placeholder tokens and {modality} features differ: "
-                    f"tokens: {num_tokens}, features: 0 (this checkpoint has no {modality} input)."
+                    f"audio_padding_mask must be (num_chunks, frames) = {tuple(audio_input_features.shape[:2])}, "
+                    f"got {tuple(audio_padding_mask.shape)}."
                 )
+            audio_padding_mask = audio_padding_mask.to(tower.device, torch.bool)
+        outputs = tower(
+            input_features=audio_input_features.to(tower.device, tower.dtype), padding_mask=audio_padding_mask
+        )
+        return self.audio_projector(self.audio_aligner(outputs.last_hidden_state))
+
+    def encode_media(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_input_features: torch.FloatTensor | None = None,
+        audio_padding_mask: torch.BoolTensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Features of the given media by modality, each (items or chunks, tokens, hidden)."""
+        if audio_padding_mask is not None and audio_input_features is None:
+            raise ValueError("audio_padding_mask was given without audio_input_features.")
+        features = {}
+        if pixel_values is not None:
+            features["image"] = self.get_image_features(pixel_values)
+        if pixel_values_videos is not None:
+            features["video"] = self.get_video_features(pixel_values_videos)
+        if input_features is not None:
+            features["speech"] = self.get_speech_features(input_features)
+        if audio_input_features is not None:
+            features["audio"] = self.get_audio_features(audio_input_features, audio_padding_mask)
+        return features
+
+    def merge_multimodal_features(
+        self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor, **media: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Replaces each modality's placeholder tokens with that modality's features.
+
+        The feature rows of all items of a modality (in input order) fill its placeholders in
+        row-major (batch, position) order, so no chunk map is needed: an item with N chunks
+        simply has N × tokens-per-chunk placeholders.
+
+        Args:
+            input_ids: (batch, seq) with placeholder runs.
+            inputs_embeds: (batch, seq, hidden) text embeddings (placeholders embed to zero).
+            **media: the media inputs of `forward` (`pixel_values`, `pixel_values_videos`,
+                `input_features`, `audio_input_features`, `audio_padding_mask`).
+
+        Raises:
+            ValueError: a modality's placeholder count differs from its number of feature rows.
+        """
+        features = self.encode_media(**media)
+        for modality, token_id in self.placeholder_token_ids.items():
+            mask = input_ids == token_id
+            num_tokens = int(mask.sum())
+            rows = features.get(modality)
+            num_rows = 0 if rows is None else rows.shape[0] * rows.shape[1]
+            if num_tokens != num_rows:
+                raise ValueError(
+                    f"Number of {modality} placeholder tokens and {modality} feature rows differ: "
+                    f"tokens: {num_tokens}, features: {num_rows}."
+                )
+            if num_rows:
+                rows = rows.reshape(-1, rows.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
+                inputs_embeds = inputs_embeds.masked_scatter(mask[..., None].to(inputs_embeds.device), rows)
         return inputs_embeds
 
     @capture_outputs
@@ -282,13 +505,29 @@ class UniMoeModel(UniMoePreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_input_features: torch.FloatTensor | None = None,
+        audio_padding_mask: torch.BoolTensor | None = None,
         **kwargs,
     ) -> MoeModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        media = {
+            "pixel_values": pixel_values,
+            "pixel_values_videos": pixel_values_videos,
+            "input_features": input_features,
+            "audio_input_features": audio_input_features,
+            "audio_padding_mask": audio_padding_mask,
+        }
         text_config = self.config.text_config
         if inputs_embeds is None:
-            inputs_embeds = self.merge_multimodal_features(input_ids, self.embed_text(input_ids))
+            inputs_embeds = self.merge_multimodal_features(input_ids, self.embed_text(input_ids), **media)
+        elif any(value is not None for value in media.values()):
+            raise ValueError(
+                "Media inputs need input_ids (their placeholders mark where the features go), not inputs_embeds."
+            )
 
         use_cache = use_cache if use_cache is not None else text_config.use_cache
         if use_cache and past_key_values is None:
@@ -347,6 +586,30 @@ class UniMoeForConditionalGeneration(UniMoePreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values)
+
+    def get_video_features(self, pixel_values_videos: torch.FloatTensor) -> torch.Tensor:
+        return self.model.get_video_features(pixel_values_videos)
+
+    def get_speech_features(self, input_features: torch.FloatTensor) -> torch.Tensor:
+        return self.model.get_speech_features(input_features)
+
+    def get_audio_features(
+        self, audio_input_features: torch.FloatTensor, audio_padding_mask: torch.BoolTensor | None = None
+    ) -> torch.Tensor:
+        return self.model.get_audio_features(audio_input_features, audio_padding_mask)
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # After the prefill the cache holds the media; only uncached decoding re-reads them.
+        # (transformers drops the image, video and speech inputs itself, not the audio ones.)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for names in MEDIA_INPUTS.values():
+                for name in names:
+                    model_inputs.pop(name, None)
+        return model_inputs
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -358,9 +621,24 @@ class UniMoeForConditionalGeneration(UniMoePreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_router_logits: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        audio_input_features: torch.FloatTensor | None = None,
+        audio_padding_mask: torch.BoolTensor | None = None,
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
         r"""
+        pixel_values (`torch.FloatTensor` of shape `(num_images, 3, height, width)`, *optional*):
+            All images of the batch, in placeholder order (sample by sample).
+        pixel_values_videos (`torch.FloatTensor` of shape `(num_videos, num_frames, 3, height, width)`, *optional*):
+            All videos of the batch, in placeholder order.
+        input_features (`torch.FloatTensor` of shape `(num_speech_chunks, 80, 3000)`, *optional*):
+            Whisper log-mel features of every 30-second chunk of every speech item, in order.
+        audio_input_features (`torch.FloatTensor` of shape `(num_audio_chunks, 2998, 128)`, *optional*):
+            BEATs fbank features of every 30-second chunk of every audio item, in order.
+        audio_padding_mask (`torch.BoolTensor` of shape `(num_audio_chunks, 2998)`, *optional*):
+            True on the padding frames of `audio_input_features`.
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Next-token targets; -100 is ignored (media placeholders, prompts, padding).
         output_router_logits (`bool`, *optional*):
@@ -378,6 +656,11 @@ class UniMoeForConditionalGeneration(UniMoePreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_router_logits=output_router_logits,
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            input_features=input_features,
+            audio_input_features=audio_input_features,
+            audio_padding_mask=audio_padding_mask,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
