@@ -10,6 +10,7 @@ from .configuration_unimoe import UniMoeConfig, UniMoeTextConfig
 from .feature_extraction_unimoe import UniMoeBeatsFeatureExtractor
 from .media_unimoe import MediaError, load_audio, load_image, load_video
 from .modeling_unimoe import UniMoeForConditionalGeneration, UniMoeModel, UniMoePreTrainedModel
+from .pipeline_unimoe import AnyToTextPipeline
 from .processing_unimoe import UniMoeProcessor
 
 AutoConfig.register(UniMoeConfig.model_type, UniMoeConfig, exist_ok=True)
@@ -19,6 +20,7 @@ AutoModelForCausalLM.register(UniMoeConfig, UniMoeForConditionalGeneration, exis
 AutoProcessor.register(UniMoeConfig, UniMoeProcessor, exist_ok=True)
 
 __all__ = [
+    "AnyToTextPipeline",
     "MediaError",
     "UniMoeBeatsFeatureExtractor",
     "UniMoeConfig",
