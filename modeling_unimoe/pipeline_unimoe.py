@@ -25,6 +25,7 @@ This file travels with every saved checkpoint (remote code): it imports only ins
 and its siblings, and does nothing at import but define and register the pipeline.
 """
 
+import os
 import threading
 from collections.abc import Iterator, Sized
 from typing import Any
@@ -354,6 +355,18 @@ class AnyToTextPipeline(AnyToAnyPipeline):
             last["content"] = blocks
         return messages[:-1] + [last]
 
+    # ---------------------------------------------------------------------------- saving
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """The model's Hub folder (config with `custom_pipelines`, code, weights, card) plus the
+        processor's files: unlike `Pipeline.save_pretrained`, which saves no processor."""
+        self.model.save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Uploads `save_pretrained`'s folder as one commit (see `UniMoePreTrainedModel.push_to_hub`)."""
+        return self.model.push_to_hub(repo_id, processor=self.processor, **kwargs)
+
     # -------------------------------------------------------------------------- batching
 
     def get_iterator(
@@ -437,6 +450,9 @@ class AnyToTextPipeline(AnyToAnyPipeline):
             raise errors[0]
 
 
+# A checkpoint's copy of this file, imported next to the installed package, takes over the task
+# (without the registry's "already registered" warning).
+PIPELINE_REGISTRY.supported_tasks.pop(TASK, None)
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AnyToTextPipeline, pt_model=AutoModel, type="multimodal")
 
 __all__ = ["TASK", "AnyToTextPipeline", "split_media"]
