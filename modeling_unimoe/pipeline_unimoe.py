@@ -450,9 +450,18 @@ class AnyToTextPipeline(AnyToAnyPipeline):
             raise errors[0]
 
 
-# A checkpoint's copy of this file, imported next to the installed package, takes over the task
-# (without the registry's "already registered" warning).
-PIPELINE_REGISTRY.supported_tasks.pop(TASK, None)
-PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AnyToTextPipeline, pt_model=AutoModel, type="multimodal")
+def register_pipeline(*, replace: bool = False) -> None:
+    """Makes `pipeline("any-to-text", model=model, processor=processor)` work in this process.
 
-__all__ = ["TASK", "AnyToTextPipeline", "split_media"]
+    A checkpoint's copy of this file (remote code) registers only where nothing is registered;
+    the installed package registers with `replace=True`, so its class wins whatever the order.
+    """
+    if TASK in PIPELINE_REGISTRY.supported_tasks and not replace:
+        return
+    PIPELINE_REGISTRY.supported_tasks.pop(TASK, None)  # no "already registered" warning
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AnyToTextPipeline, pt_model=AutoModel, type="multimodal")
+
+
+register_pipeline()
+
+__all__ = ["TASK", "AnyToTextPipeline", "register_pipeline", "split_media"]
