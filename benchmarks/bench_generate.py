@@ -1,6 +1,6 @@
 """Generation with the KV cache vs the official style of re-encoding everything at every step.
 
-    python benchmarks/bench_generate.py [--new-tokens 128] [--repeats 1] [--threads N]
+    python benchmarks/bench_generate.py [--new-tokens 128] [--repeats 1] [--threads 1]
 
 One text + image + speech prompt (the official chat template) on a small random Uni-MoE on CPU:
 a 4-layer, 256-wide decoder with 4 experts (top-2), a 4-layer CLIP at 112 px (64 image tokens) and
@@ -13,6 +13,8 @@ a 2-layer Whisper encoder + query aligner (16 speech tokens). Two paths through 
 Both generate exactly `--new-tokens` tokens greedily (`min_new_tokens = max_new_tokens`); the
 benchmark checks they are the same tokens. Time to first token is measured with a streamer (the
 moment `generate` emits the first new token). Numbers: median over `--repeats`, after one warm-up.
+One torch thread by default: on a shared machine, small kernels on several threads mostly wait
+for each other (`--threads 0` keeps torch's choice).
 """
 
 import argparse
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; 0 = torch's choice")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
