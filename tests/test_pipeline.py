@@ -222,3 +222,18 @@ def test_input_errors_are_clear(pipe, media):
         pipe(user({"type": "image", "path": media["bad_image"]}), max_new_tokens=2)
     with pytest.raises(TypeError, match="unexpected keyword"):
         pipe(chat, max_new_tokens=2, not_a_parameter=1)
+
+
+def test_sample_dicts_in_a_batch(pipe, media):
+    prompts = ["<image>\nWhat?", "No media."]
+    kwargs = {"max_new_tokens": NEW_TOKENS, "return_full_text": False}
+    samples = [{"text": prompts[0], "images": [media["image"]]}, {"text": prompts[1]}]
+    assert pipe(samples, batch_size=2, **kwargs) == pipe(text=prompts, images=[media["image"]], **kwargs)
+
+
+def test_installed_pipeline_keeps_the_task_after_a_checkpoint_copy_loads(tiny_checkpoint, model_and_processor):
+    copy = pipeline("any-to-text", model=str(tiny_checkpoint), trust_remote_code=True, device="cpu")
+    model, processor = model_and_processor
+    again = pipeline("any-to-text", model=model, processor=processor, device="cpu")
+    assert type(copy).__module__.startswith("transformers_modules.")
+    assert type(again) is AnyToTextPipeline
