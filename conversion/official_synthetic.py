@@ -29,7 +29,7 @@ from modeling_unimoe.modeling_beats import BeatsModel
 
 from .official_layout import EIGHT_EXPERT_FILES, VARIANTS
 from .official_loader import SourcePaths
-from .tiny_checkpoint import _TOKENIZER_CORPUS, TINY_AUDIO, TINY_AUDIO_QFORMER, TINY_SPEECH, TINY_VISION
+from .tiny_checkpoint import TINY_AUDIO, TINY_AUDIO_QFORMER, TINY_SPEECH, TINY_VISION, tiny_sentencepiece_model
 
 # Folder names of the released repositories, per variant: (base, delta).
 FOLDERS = {
@@ -273,27 +273,7 @@ def _save_sharded(folder: Path, shards: Iterator[dict[str, torch.Tensor]], num_s
 
 def write_tokenizer_files(folder: Path, vocab_size: int = 400) -> None:
     """`tokenizer.model` (a tiny sentencepiece BPE in LLaMA's layout) + LLaVA-1.5's tokenizer config."""
-    import sentencepiece as spm
-
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_TOKENIZER_CORPUS * 20),
-        model_prefix=str(folder / "tokenizer"),
-        vocab_size=vocab_size,
-        model_type="bpe",
-        byte_fallback=True,
-        split_digits=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        character_coverage=1.0,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        hard_vocab_limit=False,
-        minloglevel=2,
-        num_threads=1,
-    )
-    (folder / "tokenizer.vocab").unlink()
+    (folder / "tokenizer.model").write_bytes(tiny_sentencepiece_model(vocab_size))
     tokenizer_config = {
         "add_bos_token": True,
         "add_eos_token": False,
