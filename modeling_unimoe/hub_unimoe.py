@@ -127,7 +127,7 @@ tokenize=True, return_dict=True)` and `model.generate(**inputs)`.
 
 ## Files
 
-`config.json` (with `auto_map` and `custom_pipelines`), the remote code (`*_unimoe.py`), safetensors
+`config.json` (with `auto_map` and `custom_pipelines`), the remote code (`*.py`), safetensors
 weights, `generation_config.json`, the processor (`processor_config.json`, tokenizer files,
 `chat_template.jinja`).
 """
