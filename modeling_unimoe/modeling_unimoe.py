@@ -271,13 +271,28 @@ class UniMoePreTrainedModel(PreTrainedModel):
                         tower.requires_grad_(not freeze)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        # Imported here, not at the top: the pipeline is only needed for saving. The import still
+        # makes `hub_unimoe.py` and `pipeline_unimoe.py` part of the code copied with the model.
+        from .hub_unimoe import add_custom_pipeline, write_model_card
+
         if self._auto_class is not None:
             target = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
             self.config.auto_map = {
                 **(getattr(self.config, "auto_map", None) or {}),
                 **dict.fromkeys(EXTRA_AUTO_CLASSES, target),
             }
-        return super().save_pretrained(save_directory, *args, **kwargs)
+            add_custom_pipeline(self.config)
+        output = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(self, save_directory)
+        return output
+
+    def push_to_hub(self, repo_id: str, *, processor=None, **kwargs):
+        """Uploads `save_pretrained`'s folder (plus `processor`'s files when given) as one commit,
+        with a model card naming `repo_id`. Keywords as `PreTrainedModel.push_to_hub`."""
+        from .hub_unimoe import push_to_hub
+
+        return push_to_hub(self, repo_id, processor=processor, **kwargs)
 
 
 class UniMoeModel(UniMoePreTrainedModel):
