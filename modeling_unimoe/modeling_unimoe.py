@@ -588,6 +588,9 @@ class UniMoeForConditionalGeneration(UniMoePreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = UniMoeModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        from .hub_unimoe import input_modalities
+
+        self.input_modalities = input_modalities(config)  # what pipelines may feed this checkpoint
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
