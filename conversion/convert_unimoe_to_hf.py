@@ -189,11 +189,13 @@ def _prepare_output(output_dir: Path) -> None:
 
 def _save_config_and_code(model: UniMoeForConditionalGeneration, config: UniMoeConfig, output_dir: Path) -> None:
     """config.json plus the remote-code files, with the auto_map `save_pretrained` would write."""
+    from modeling_unimoe.hub_unimoe import add_custom_pipeline
     from modeling_unimoe.modeling_unimoe import EXTRA_AUTO_CLASSES
 
     custom_object_save(model, output_dir, config=config)
     target = config.auto_map["AutoModel"]
     config.auto_map = {**config.auto_map, **dict.fromkeys(EXTRA_AUTO_CLASSES, target)}
+    add_custom_pipeline(config)  # `pipeline("any-to-text", model=output_dir, trust_remote_code=True)`
     config.save_pretrained(output_dir)
 
 

@@ -307,6 +307,7 @@ def test_hub_folder(converted):
     assert "/path/to" not in config_text
     config = json.loads(config_text)
     assert config["auto_map"]["AutoModel"] == "modeling_unimoe.UniMoeForConditionalGeneration"
+    assert config["custom_pipelines"]["any-to-text"]["impl"] == "pipeline_unimoe.AnyToTextPipeline"
     assert config["text_config"]["moe_layers"] == "all" and config["speech_query_tokens"] == DIMS.query_tokens
     assert [config[f"{m}_token_id"] for m in ("image", "video", "speech", "audio")] == [400, 401, 402, 403]
     generation = json.loads((out / "generation_config.json").read_text())
