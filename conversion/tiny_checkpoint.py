@@ -1,10 +1,12 @@
 """Tiny random Uni-MoE checkpoints, like the Hub's `tiny-random-*` test models.
 
-    unimoe-tiny-checkpoint DIR [--no-vision] [--no-speech] [--no-audio] [--seed N]
+    unimoe-tiny-checkpoint DIR [--no-vision] [--no-speech] [--no-audio] [--seed N] [--max-shard-size SIZE]
 
-writes a folder that `AutoModel.from_pretrained(DIR, trust_remote_code=True)` and
-`AutoProcessor.from_pretrained(DIR, trust_remote_code=True)` load: a random model with every
-encoder (unless left out), its remote code, a real (tiny) sentencepiece LLaMA tokenizer with the
+writes a Hub-ready folder that `AutoModel.from_pretrained(DIR, trust_remote_code=True)`,
+`AutoProcessor.from_pretrained(DIR, trust_remote_code=True)` and
+`pipeline("any-to-text", model=DIR, trust_remote_code=True)` load: a random model with every
+encoder (unless left out), its remote code (pipeline included, `custom_pipelines` in config.json),
+`generation_config.json`, a model card, a real (tiny) sentencepiece LLaMA tokenizer with the
 placeholder tokens (plus its `tokenizer.model`) and a `UniMoeProcessor` whose token counts match
 the tiny model. `tiny_config()` is the one tiny-config factory shared by tests, docs and examples.
 """
@@ -218,11 +220,15 @@ def write_tiny_checkpoint(
     speech: bool = True,
     audio: bool = True,
     seed: int = 0,
+    max_shard_size: int | str = "50GB",
     **processor_overrides,
 ) -> Path:
-    """Writes a tiny random model, its remote code, its processor (tokenizer, `tokenizer.model`,
-    image/speech/audio extractors, chat template) to `directory`. Processor token counts follow
-    the model config (`tiny_processor_counts`) unless given in `processor_overrides`."""
+    """Writes the Hub folder of a tiny random model to `directory`: what `save_pretrained` of the
+    model and the processor write (config with `auto_map` and `custom_pipelines`, remote code,
+    safetensors, `max_shard_size` giving shards + index, `generation_config.json`, README.md model
+    card, tokenizer files, image/speech/audio extractors, `chat_template.jinja`), plus
+    `tokenizer.model`. Processor token counts follow the model config (`tiny_processor_counts`)
+    unless given in `processor_overrides`."""
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer()
     if len(tokenizer) != 400 + len(PLACEHOLDER_TOKENS):
@@ -230,7 +236,7 @@ def write_tiny_checkpoint(
     torch.manual_seed(seed)
     config = tiny_config(vision=vision, speech=speech, audio=audio)
     model = UniMoeForConditionalGeneration(config)
-    model.save_pretrained(directory)
+    model.save_pretrained(directory, max_shard_size=max_shard_size)
     processor = build_tiny_processor(config, tokenizer=tokenizer, **processor_overrides)
     processor.save_pretrained(directory)
     # The sentencepiece model itself, for tools (and tests) that read it directly.
@@ -245,9 +251,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-speech", action="store_true", help="leave out the Whisper speech encoder")
     parser.add_argument("--no-audio", action="store_true", help="leave out the BEATs audio encoder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-shard-size", default="50GB", help='e.g. "200KB" for several safetensors shards + index')
     args = parser.parse_args(argv)
     path = write_tiny_checkpoint(
-        args.directory, vision=not args.no_vision, speech=not args.no_speech, audio=not args.no_audio, seed=args.seed
+        args.directory,
+        vision=not args.no_vision,
+        speech=not args.no_speech,
+        audio=not args.no_audio,
+        seed=args.seed,
+        max_shard_size=args.max_shard_size,
     )
     print(f"wrote a tiny random Uni-MoE checkpoint to {path}")
 

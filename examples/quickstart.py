@@ -1,44 +1,53 @@
-"""Writes a tiny random Uni-MoE checkpoint (unless given one), loads it the way users load a
-Hub checkpoint, and answers a chat prompt with `generate`.
+"""Writes a tiny random Uni-MoE checkpoint (unless given one) and answers a question about an
+image and a speech clip through `pipeline("any-to-text")`, loading the folder as remote code
+the way users load a Hub checkpoint.
 
     python examples/quickstart.py [CHECKPOINT_DIR]
 
-The weights are random, so the answer is noise: this shows the loading and generation path,
-not a trained model (the bundled demo trains one).
+The weights are random, so the answer is noise: this shows loading, media decoding and
+generation end to end, not a trained model (`unimoe-demo` trains one).
 """
 
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import pipeline
 
 from unimoe_conversion.tiny_checkpoint import write_tiny_checkpoint
-
-SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
+from unimoe_processing.synthetic_media import sine_wave, write_audio, write_image
 
 
 def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="unimoe-quickstart-"))
     if len(sys.argv) > 1:
         checkpoint = Path(sys.argv[1])
     else:
-        checkpoint = write_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny-unimoe")
+        checkpoint = write_tiny_checkpoint(workdir / "tiny-unimoe")
         print(f"wrote a tiny random checkpoint to {checkpoint}")
-    model = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    text = model.config.text_config
-    print(f"{type(model).__name__}: {text.num_hidden_layers} layers, {text.num_experts} experts, top-{text.num_experts_per_tok}")
+    image = write_image(workdir / "quadrants.png")
+    speech = write_audio(workdir / "tone.wav", sine_wave(2.0, frequency=330.0))
 
-    prompt = f"{SYSTEM} USER: What is in the image? ASSISTANT:"
-    inputs = tokenizer(prompt, return_tensors="pt")
-    torch.manual_seed(0)
-    output = model.generate(**inputs, max_new_tokens=16, do_sample=False, output_router_logits=False)
-    answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    print(f"USER: What is in the image?\nASSISTANT (random weights):{answer}")
+    chat = pipeline("any-to-text", model=str(checkpoint), trust_remote_code=True)
+    text = chat.model.config.text_config
+    print(
+        f"{type(chat.model).__name__}: {text.num_hidden_layers} layers, {text.num_experts} experts, "
+        f"top-{text.num_experts_per_tok}; inputs: {', '.join(chat.model.input_modalities)}"
+    )
+
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "path": str(image)},
+                {"type": "speech", "path": str(speech)},
+                {"type": "text", "text": "What is in the image, and what does the speaker say?"},
+            ],
+        }
+    ]
+    answer = chat(text=messages, max_new_tokens=16, do_sample=False, return_full_text=False)
+    print("USER: <image> <speech> What is in the image, and what does the speaker say?")
+    print(f"ASSISTANT (random weights): {answer[0]['generated_text']!r}")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ MEDIA_INPUTS = {
     "speech": ("input_features",),
     "audio": ("audio_input_features", "audio_padding_mask"),
 }
+MEDIA_INPUT_NAMES = tuple(name for names in MEDIA_INPUTS.values() for name in names)
 
 
 class UniMoeAttention(LlamaAttention):
@@ -240,10 +241,10 @@ class UniMoePreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, UniMoeFusedExperts):
-            nn.init.normal_(module.gate_up_proj, mean=0.0, std=self.config.get_text_config().initializer_range)
-            nn.init.normal_(module.down_proj, mean=0.0, std=self.config.get_text_config().initializer_range)
+            init.normal_(module.gate_up_proj, mean=0.0, std=self.config.get_text_config().initializer_range)
+            init.normal_(module.down_proj, mean=0.0, std=self.config.get_text_config().initializer_range)
         if isinstance(module, UniMoeRouter):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.get_text_config().initializer_range)
+            init.normal_(module.weight, mean=0.0, std=self.config.get_text_config().initializer_range)
         elif isinstance(module, (UniMoeSpeechAligner, UniMoeAudioAligner)):
             # The official code starts the queries at zero; distinct random queries let a fresh
             # aligner tell them apart from the first step (BLIP-2's init).
@@ -270,13 +271,28 @@ class UniMoePreTrainedModel(PreTrainedModel):
                         tower.requires_grad_(not freeze)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        # Imported here, not at the top: the pipeline is only needed for saving. The import still
+        # makes `hub_unimoe.py` and `pipeline_unimoe.py` part of the code copied with the model.
+        from .hub_unimoe import add_custom_pipeline, write_model_card
+
         if self._auto_class is not None:
             target = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
             self.config.auto_map = {
                 **(getattr(self.config, "auto_map", None) or {}),
                 **dict.fromkeys(EXTRA_AUTO_CLASSES, target),
             }
-        return super().save_pretrained(save_directory, *args, **kwargs)
+            add_custom_pipeline(self.config)
+        output = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(self, save_directory)
+        return output
+
+    def push_to_hub(self, repo_id: str, *, processor=None, **kwargs):
+        """Uploads `save_pretrained`'s folder (plus `processor`'s files when given) as one commit,
+        with a model card naming `repo_id`. Keywords as `PreTrainedModel.push_to_hub`."""
+        from .hub_unimoe import push_to_hub
+
+        return push_to_hub(self, repo_id, processor=processor, **kwargs)
 
 
 class UniMoeModel(UniMoePreTrainedModel):
@@ -572,6 +588,9 @@ class UniMoeForConditionalGeneration(UniMoePreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = UniMoeModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        from .hub_unimoe import input_modalities
+
+        self.input_modalities = input_modalities(config)  # what pipelines may feed this checkpoint
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -600,14 +619,53 @@ class UniMoeForConditionalGeneration(UniMoePreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         return self.model.get_audio_features(audio_input_features, audio_padding_mask)
 
+    def _expand_inputs_for_generation(
+        self,
+        expand_size: int = 1,
+        is_encoder_decoder: bool = False,
+        input_ids: torch.LongTensor | None = None,
+        **model_kwargs,
+    ) -> tuple[torch.LongTensor, dict]:
+        # Beam search and `num_return_sequences` repeat every sample `expand_size` times. Media
+        # tensors hold items, not samples: repeat each sample's block of items (chunks) instead
+        # of each item, so that rows and placeholders stay in the same order.
+        media = {name: model_kwargs.pop(name) for name in MEDIA_INPUT_NAMES if model_kwargs.get(name) is not None}
+        if expand_size > 1 and media:
+            media = self._repeat_media_per_sample(input_ids, media, expand_size)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        return input_ids, {**model_kwargs, **media}
+
+    def _repeat_media_per_sample(
+        self, input_ids: torch.LongTensor, media: dict[str, torch.Tensor], expand_size: int
+    ) -> dict[str, torch.Tensor]:
+        config = self.config
+        for modality, names in MEDIA_INPUTS.items():
+            present = [name for name in names if name in media]
+            if not present:
+                continue
+            # Placeholders per item (image, video) or per 30-s chunk (speech, audio).
+            rows = {"speech": config.speech_query_tokens, "audio": config.audio_query_tokens}.get(modality)
+            rows = rows or config.num_media_tokens(modality)
+            per_sample = ((input_ids == getattr(config, f"{modality}_token_id")).sum(dim=1) // rows).tolist()
+            for name in present:
+                if sum(per_sample) != media[name].shape[0]:
+                    raise ValueError(
+                        f"{name} has {media[name].shape[0]} entries but the {modality} placeholders of the "
+                        f"batch ask for {sum(per_sample)} ({per_sample} per sample)."
+                    )
+                blocks = media[name].split(per_sample)
+                media[name] = torch.cat([block.repeat(expand_size, *[1] * (block.ndim - 1)) for block in blocks])
+        return media
+
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # After the prefill the cache holds the media; only uncached decoding re-reads them.
         # (transformers drops the image, video and speech inputs itself, not the audio ones.)
         if not is_first_iteration and kwargs.get("use_cache", True):
-            for names in MEDIA_INPUTS.values():
-                for name in names:
-                    model_inputs.pop(name, None)
+            for name in MEDIA_INPUT_NAMES:
+                model_inputs.pop(name, None)
         return model_inputs
 
     def forward(

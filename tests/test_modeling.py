@@ -59,8 +59,18 @@ def test_config_validation_errors(overrides, message):
 def test_default_config_is_the_released_7b_speech_model():
     config = UniMoeConfig()
     text = config.text_config
-    assert (text.hidden_size, text.num_hidden_layers, text.intermediate_size, text.vocab_size) == (4096, 32, 11008, 32000)
-    assert (text.num_experts, text.num_experts_per_tok, text.moe_layers, text.router_type) == (4, 2, "all", "topk_softmax")
+    assert (text.hidden_size, text.num_hidden_layers, text.intermediate_size, text.vocab_size) == (
+        4096,
+        32,
+        11008,
+        32000,
+    )
+    assert (text.num_experts, text.num_experts_per_tok, text.moe_layers, text.router_type) == (
+        4,
+        2,
+        "all",
+        "topk_softmax",
+    )
     assert (text.rms_norm_eps, text.max_position_embeddings, text.pad_token_id) == (1e-5, 4096, 0)
     assert config.vision_config.image_size == 336 and config.speech_config.d_model == 768
 
@@ -189,7 +199,13 @@ def test_save_and_reload_gives_identical_logits(tmp_path):
     assert "model.safetensors.index.json" in files and any(f.endswith(".safetensors") for f in files)
     assert {"configuration_unimoe.py", "modeling_unimoe.py", "moe.py"} <= files
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
-    for auto_class in ("AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForMultimodalLM"):
+    for auto_class in (
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForCausalLM",
+        "AutoModelForImageTextToText",
+        "AutoModelForMultimodalLM",
+    ):
         assert auto_class in auto_map
     reloaded = UniMoeForConditionalGeneration.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)

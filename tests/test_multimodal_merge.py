@@ -226,6 +226,30 @@ def test_cached_generation_equals_uncached_and_encodes_media_once(model, samples
     assert cached.tolist() == uncached.tolist()
 
 
+def test_beam_search_repeats_samples_not_media_items(model):
+    """Beams repeat each sample with its own block of images and speech chunks (a sample with two
+    images and a 2-chunk speech item, next to one with one of each)."""
+    torch.manual_seed(2)
+    samples = [
+        {
+            "ids": [1, *placeholders("image"), 5, *placeholders("image"), *placeholders("speech", 2), 6],
+            "media": {"pixel_values": torch.randn(2, 3, 28, 28), "input_features": torch.randn(2, 80, 3000)},
+        },
+        {
+            "ids": [1, 7, *placeholders("image"), 8, *placeholders("speech"), 9],
+            "media": {"pixel_values": torch.randn(1, 3, 28, 28), "input_features": torch.randn(1, 80, 3000)},
+        },
+    ]
+    kwargs = dict(
+        max_new_tokens=3, num_beams=3, num_return_sequences=2, do_sample=False, pad_token_id=PAD, eos_token_id=None
+    )
+    batch = batch_of(samples, "left")
+    generated = model.generate(**batch, **kwargs)[:, batch["input_ids"].shape[1] :]
+    for row, sample in enumerate(samples):
+        single = model.generate(**alone(sample), **kwargs)[:, len(sample["ids"]) :]
+        assert generated[2 * row : 2 * row + 2].tolist() == single.tolist()
+
+
 # ---- training --------------------------------------------------------------------------------
 
 
