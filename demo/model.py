@@ -72,7 +72,9 @@ AUDIO = dict(  # BEATs, official `cfg` names
     num_buckets=32,
     max_distance=64,
 )
-AUDIO_QFORMER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, encoder_hidden_size=64)
+AUDIO_QFORMER = dict(
+    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, encoder_hidden_size=64
+)
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int = 768):

@@ -22,12 +22,17 @@ Splits (JSON lists of `{"id", "image"?, "video"?, "voice"?, "conversations", "mo
 - `stage1_captions.json`: one caption per media item (connector alignment);
 - `stage2_<modality>.json` for image, video, speech, audio: per-modality instructions;
 - `stage3_mixed.json`: a mix of all four plus image+speech items;
-- `test.json`: held-out items (media never used in training) with one question each.
+- `test.json`: held-out items (media never used in training) with one question each;
+- `pretrain_text.json`: every training record with its media replaced by their text
+  descriptions (no media), for the language model's text pre-training;
+- `media_labels.json`: per training media file (stages 1-2), the labels encoder pre-training
+  uses (image: the shape code of each quadrant; speech: word ids and onsets; audio: kind, note,
+  loudness and burst onsets).
 """
 
 import json
 import random
-from collections.abc import Callable
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,8 +51,9 @@ COUNTS = ("one", "two", "three", "four")
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 DIRECTIONS = ("left", "right", "up", "down")
 SOUND_KINDS = ("tone", "chord", "noise", "sweep")
-NOTES = {"C": 523.25, "E": 659.26, "G": 783.99, "B": 987.77}  # the fifth octave
-LOUDNESS = {"very quiet": 0.02, "quiet": 0.06, "loud": 0.2, "very loud": 0.6}  # peak amplitude, ~10 dB apart
+# Four pitch classes, each in its own octave (C4, E5, G6, B6) so they lie far apart on the mel scale.
+NOTES = {"C": 261.63, "E": 659.26, "G": 1567.98, "B": 1975.53}
+LOUDNESS = {"very quiet": 0.004, "quiet": 0.018, "loud": 0.08, "very loud": 0.35}  # RMS, 13 dB apart
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 QUESTION_WORDS = ("colour", "shape", "count", "where")
 WORDS = DIGITS + QUESTION_WORDS
@@ -118,6 +124,8 @@ class TaskFiles:
     stage2: dict[str, Path]
     stage3: Path
     test: Path
+    pretrain_text: Path
+    media_labels: Path
     text_corpus: list[str] = field(default_factory=list)
 
 
@@ -198,20 +206,23 @@ def _envelope(num_samples: int, ramp: int) -> np.ndarray:
     return envelope
 
 
-def speak_words(rng: random.Random, words: list[str]) -> np.ndarray:
-    """Tone-coded "speech": word k is a two-formant syllable starting near `0.1 + k * 0.3` s."""
+def speak_words(rng: random.Random, words: list[str]) -> tuple[np.ndarray, list[float]]:
+    """Tone-coded "speech": word k is a two-formant syllable starting near `0.1 + k * 0.3` s.
+    Returns the waveform and each word's onset in seconds."""
     np_rng = np.random.default_rng(rng.getrandbits(32))
     total = int(SAMPLING_RATE * (0.2 + WORD_STRIDE * len(words)))
     wave = 0.003 * np_rng.standard_normal(total).astype(np.float32)
     n = int(WORD_SECONDS * SAMPLING_RATE)
     t = np.arange(n) / SAMPLING_RATE
+    onsets = []
     for k, word in enumerate(words):
         f1, f2 = (f * rng.uniform(0.98, 1.02) for f in FORMANTS[word])
         syllable = np.sin(2 * np.pi * f1 * t) + 0.6 * np.sin(2 * np.pi * f2 * t)
         syllable *= np.hanning(n) * rng.uniform(0.25, 0.35)
         offset = int(SAMPLING_RATE * (0.1 + WORD_STRIDE * k + rng.uniform(-0.02, 0.02)))
         wave[offset : offset + n] += syllable.astype(np.float32)
-    return np.clip(wave, -1.0, 1.0)
+        onsets.append(offset / SAMPLING_RATE)
+    return np.clip(wave, -1.0, 1.0), onsets
 
 
 def _burst(np_rng: np.random.Generator, kind: str, frequency: float, num_samples: int) -> np.ndarray:
@@ -230,18 +241,22 @@ def _burst(np_rng: np.random.Generator, kind: str, frequency: float, num_samples
     return wave.astype(np.float32)
 
 
-def play_bursts(rng: random.Random, kind: str, note: str, count: int, loudness: str) -> np.ndarray:
-    """`count` bursts of one sound at one loudness, about `BURST_STRIDE` s apart."""
+def play_bursts(rng: random.Random, kind: str, note: str, count: int, loudness: str) -> tuple[np.ndarray, list[float]]:
+    """`count` bursts of one sound at one loudness (RMS), about `BURST_STRIDE` s apart.
+    Returns the waveform and each burst's onset in seconds."""
     np_rng = np.random.default_rng(rng.getrandbits(32))
     total = int(SAMPLING_RATE * (0.25 + BURST_STRIDE * count))
-    wave = 0.001 * np_rng.standard_normal(total).astype(np.float32)
+    wave = 0.0003 * np_rng.standard_normal(total).astype(np.float32)
     n = int(BURST_SECONDS * SAMPLING_RATE)
-    amplitude = LOUDNESS[loudness] * rng.uniform(0.85, 1.15)
+    rms = LOUDNESS[loudness] * rng.uniform(0.9, 1.1)
+    onsets = []
     for k in range(count):
-        burst = _burst(np_rng, kind, NOTES[note], n) * _envelope(n, int(0.01 * SAMPLING_RATE)) * amplitude
+        burst = _burst(np_rng, kind, NOTES[note], n)
+        burst *= rms / np.sqrt(np.mean(burst**2)) * _envelope(n, int(0.01 * SAMPLING_RATE))
         offset = int(SAMPLING_RATE * (0.1 + BURST_STRIDE * k + rng.uniform(-0.02, 0.02)))
         wave[offset : offset + n] += burst
-    return np.clip(wave, -1.0, 1.0)
+        onsets.append(offset / SAMPLING_RATE)
+    return np.clip(wave, -1.0, 1.0), onsets
 
 
 # ------------------------------------------------------------------------------------- items
@@ -249,11 +264,12 @@ def play_bursts(rng: random.Random, kind: str, note: str, count: int, loudness: 
 
 @dataclass
 class _Item:
-    """One media item (its attributes) and where its files live."""
+    """One media item: its attributes, its files and their text descriptions (in placeholder order)."""
 
     modality: str
     attributes: dict
-    files: dict[str, str]  # "image" / "video" / "voice" -> relative path(s)
+    files: dict[str, str | list[str]]  # "image" / "video" / "voice" -> relative path(s)
+    descriptions: list[str] = field(default_factory=list)
 
 
 def _conversation(prompt: str, answer: str) -> list[dict]:
@@ -272,6 +288,22 @@ def _record(item: _Item, item_id: str, question_type: str, prompt: str, answer: 
     record["modality"] = item.modality
     record["question_type"] = question_type
     return record
+
+
+def text_twin(record: dict, descriptions: list[str]) -> dict:
+    """The record with every media placeholder replaced by its item's text description and no
+    media: what the language model reads in text pre-training."""
+    pieces = iter(descriptions)
+    turns = [
+        {"from": turn["from"], "value": re.sub(r"<(image|video|speech|audio)>", lambda _: next(pieces), turn["value"])}
+        for turn in record["conversations"]
+    ]
+    return {
+        "id": record["id"] + "-text",
+        "conversations": turns,
+        "modality": "text",
+        "question_type": record["question_type"],
+    }
 
 
 def image_answers(attributes: dict) -> dict[str, str]:
@@ -303,30 +335,36 @@ def _answers(item: _Item) -> dict[str, str]:
     return {"spoken question": image[a["question"]]}
 
 
-def caption(item: _Item) -> str:
-    """The stage-1 caption of a single-modality item."""
-    a = item.attributes
-    if item.modality == "image":
+def describe(modality: str, a: dict) -> str:
+    """A text description of one media item (its stage-1 caption)."""
+    if modality == "image":
         count = len(a["quadrants"])
         noun = a["shape"] + ("es" if count > 1 and a["shape"] == "cross" else "s" if count > 1 else "")
         text = f"{COUNTS[count - 1]} {a['colour']} {noun}"
         return text + (f" at the {QUADRANTS[a['quadrants'][0]]}" if count == 1 else "")
-    if item.modality == "video":
+    if modality == "video":
         return f"a {a['colour']} {a['shape']} moving {a['direction']}"
-    if item.modality == "speech":
+    if modality == "speech":
         return " ".join(a["words"])
     bursts = "burst" if a["count"] == 1 else "bursts"
     text = f"{COUNTS[a['count'] - 1]} {a['loudness']} {a['kind']} {bursts}"
-    return text + (f" at {a['note']}" if a["kind"] in ("tone", "chord", "sweep") else "")
+    return text + (f" at {a['note']}" if a["kind"] != "noise" else "")
+
+
+def caption(item: _Item) -> str:
+    """The stage-1 caption of a single-modality item."""
+    return describe(item.modality, item.attributes)
 
 
 class _Writer:
-    """Draws item attributes and writes their media under `root/media/<modality>/`."""
+    """Draws item attributes, writes their media under `root/media/<modality>/` and keeps
+    per-file labels (`labels`, for encoder pre-training)."""
 
     def __init__(self, root: Path, rng: random.Random, image_size: int, video_frames: int):
         self.root, self.rng = root, rng
         self.image_size, self.video_frames = image_size, video_frames
         self.counter = 0
+        self.labels: dict[str, dict] = {}
 
     def _path(self, modality: str, suffix: str) -> tuple[Path, str]:
         self.counter += 1
@@ -340,21 +378,33 @@ class _Writer:
         quadrants = sorted(rng.sample(range(4), count))
         return {"colour": rng.choice(list(COLOURS)), "shape": rng.choice(SHAPES), "quadrants": quadrants}
 
-    def _write_png(self, attributes: dict, modality: str = "image") -> str:
+    def _write_png(self, a: dict, modality: str = "image") -> str:
         path, relative = self._path(modality, ".png")
-        a = attributes
         write_image(path, render_image(self.rng, self.image_size, a["colour"], a["shape"], a["quadrants"]))
+        # Per quadrant: 0 = empty, else 1 + colour * 4 + shape.
+        code = 1 + list(COLOURS).index(a["colour"]) * len(SHAPES) + SHAPES.index(a["shape"])
+        self.labels[relative] = {
+            "modality": "image",
+            "quadrants": [code if q in a["quadrants"] else 0 for q in range(4)],
+        }
         return relative
 
     def _write_words(self, words: list[str], modality: str = "speech") -> str:
         path, relative = self._path(modality, ".wav")
-        write_audio(path, speak_words(self.rng, words), SAMPLING_RATE)
+        wave, onsets = speak_words(self.rng, words)
+        write_audio(path, wave, SAMPLING_RATE)
+        self.labels[relative] = {
+            "modality": "speech",
+            "words": [WORDS.index(word) for word in words],
+            "onsets": onsets,
+            "duration": WORD_SECONDS,
+        }
         return relative
 
     def image(self) -> _Item:
         # Half the images hold a single shape, so "where" questions are common enough.
-        attributes = self._image_attributes(1 if self.rng.random() < 0.5 else None)
-        return _Item("image", attributes, {"image": self._write_png(attributes)})
+        a = self._image_attributes(1 if self.rng.random() < 0.5 else None)
+        return _Item("image", a, {"image": self._write_png(a)}, [describe("image", a)])
 
     def video(self) -> _Item:
         rng = self.rng
@@ -362,11 +412,12 @@ class _Writer:
         frames = video_frames(rng, self.image_size, self.video_frames, a["colour"], a["shape"], a["direction"])
         path, relative = self._path("video", ".mp4")
         write_video(path, frames=iter(frames), fps=4, width=self.image_size, height=self.image_size)
-        return _Item("video", a, {"video": relative})
+        return _Item("video", a, {"video": relative}, [describe("video", a)])
 
     def speech(self) -> _Item:
         words = [self.rng.choice(WORDS) for _ in range(self.rng.randint(1, 3))]
-        return _Item("speech", {"words": words}, {"voice": [self._write_words(words)]})
+        a = {"words": words}
+        return _Item("speech", a, {"voice": [self._write_words(words)]}, [describe("speech", a)])
 
     def audio(self) -> _Item:
         rng = self.rng
@@ -377,14 +428,24 @@ class _Writer:
             "loudness": rng.choice(list(LOUDNESS)),
         }
         path, relative = self._path("audio", ".wav")
-        write_audio(path, play_bursts(rng, a["kind"], a["note"], a["count"], a["loudness"]), SAMPLING_RATE)
-        return _Item("audio", a, {"voice": [relative]})
+        wave, onsets = play_bursts(rng, a["kind"], a["note"], a["count"], a["loudness"])
+        write_audio(path, wave, SAMPLING_RATE)
+        self.labels[relative] = {
+            "modality": "audio",
+            "kind": SOUND_KINDS.index(a["kind"]),
+            "note": list(NOTES).index(a["note"]),
+            "loudness": list(LOUDNESS).index(a["loudness"]),
+            "onsets": onsets,
+            "duration": BURST_SECONDS,
+        }
+        return _Item("audio", a, {"voice": [relative]}, [describe("audio", a)])
 
     def mixed(self) -> _Item:
         question = self.rng.choice(QUESTION_WORDS)
         image = self._image_attributes(1 if question == "where" else None)
         files = {"image": self._write_png(image, "mixed"), "voice": [self._write_words([question], "mixed")]}
-        return _Item("mixed", {"image": image, "question": question}, files)
+        descriptions = [describe("image", image), question]
+        return _Item("mixed", {"image": image, "question": question}, files, descriptions)
 
     def make(self, modality: str) -> _Item:
         return getattr(self, modality)()
@@ -401,16 +462,6 @@ def _questions(rng: random.Random, item: _Item, item_id: str, how_many: int) -> 
     if len(types) > 1:
         record["question_type"] = "+".join(types)
     return [record]
-
-
-def _split(
-    writer: _Writer, modalities: tuple[str, ...], per_modality: int, prefix: str, build: Callable
-) -> list[dict]:
-    records = []
-    for modality in modalities:
-        for index in range(per_modality):
-            records += build(writer.make(modality), f"{prefix}-{modality}-{index:04d}")
-    return records
 
 
 def text_corpus() -> list[str]:
@@ -445,24 +496,33 @@ def generate_task(
     rng = random.Random(seed)
     writer = _Writer(root, rng, image_size, video_num_frames)
 
-    def caption_and_instruct(item: _Item, item_id: str) -> list[dict]:
-        return [_record(item, item_id, "caption", CAPTION_PROMPTS[item.modality], caption(item))]
-
     # Stage 1 and 2 share media (as the official LLaVA stages share COCO): the first `caption`
     # items of each modality get a caption, every item gets instructions.
-    stage1, stage2 = [], {}
+    stage1, stage2, twins = [], {}, []
     for modality in SINGLE_MODALITIES:
         stage2[modality] = []
         for index in range(max(sizes.caption, sizes.instruct)):
             item, item_id = writer.make(modality), f"train-{modality}-{index:04d}"
             if index < sizes.caption:
-                stage1 += caption_and_instruct(item, item_id + "-caption")
+                stage1.append(_record(item, item_id + "-caption", "caption", CAPTION_PROMPTS[modality], caption(item)))
+                twins.append(text_twin(stage1[-1], item.descriptions))
             if index < sizes.instruct:
                 stage2[modality] += _questions(rng, item, item_id, 3)
-    stage3 = _split(writer, SINGLE_MODALITIES, sizes.stage3, "stage3", lambda i, n: _questions(rng, i, n, 1))
-    stage3 += _split(writer, ("mixed",), sizes.mixed, "stage3", lambda i, n: _questions(rng, i, n, 1))
+                twins.append(text_twin(stage2[modality][-1], item.descriptions))
+    encoder_labels = dict(writer.labels)  # stage-1/2 media only: never the held-out ones
+
+    stage3 = []
+    for modality, count in [*((m, sizes.stage3) for m in SINGLE_MODALITIES), ("mixed", sizes.mixed)]:
+        for index in range(count):
+            item = writer.make(modality)
+            stage3 += _questions(rng, item, f"stage3-{modality}-{index:04d}", 1)
+            twins.append(text_twin(stage3[-1], item.descriptions))
     rng.shuffle(stage3)
-    test = _split(writer, MODALITIES, sizes.test, "test", lambda i, n: _questions(rng, i, n, 1))
+    rng.shuffle(twins)
+    test = []
+    for modality in MODALITIES:
+        for index in range(sizes.test):
+            test += _questions(rng, writer.make(modality), f"test-{modality}-{index:04d}", 1)
 
     files = TaskFiles(
         root=root,
@@ -470,6 +530,8 @@ def generate_task(
         stage2={modality: root / f"stage2_{modality}.json" for modality in SINGLE_MODALITIES},
         stage3=root / "stage3_mixed.json",
         test=root / "test.json",
+        pretrain_text=root / "pretrain_text.json",
+        media_labels=root / "media_labels.json",
         text_corpus=text_corpus(),
     )
     _dump(files.stage1, stage1)
@@ -477,6 +539,8 @@ def generate_task(
         _dump(path, stage2[modality])
     _dump(files.stage3, stage3)
     _dump(files.test, test)
+    _dump(files.pretrain_text, twins)
+    _dump(files.media_labels, encoder_labels)
     _dump(root / "task.json", {"seed": seed, "sizes": asdict(sizes), "image_size": image_size})
     return files
 
@@ -494,10 +558,12 @@ __all__ = [
     "TaskSizes",
     "WORDS",
     "caption",
+    "describe",
     "generate_task",
     "play_bursts",
     "render_image",
     "speak_words",
     "text_corpus",
+    "text_twin",
     "video_frames",
 ]

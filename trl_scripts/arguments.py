@@ -46,7 +46,8 @@ class UniMoeScriptArguments(ScriptArguments):
     voice_modality: str = field(
         default="speech",
         metadata={
-            "help": "What the `voice` files are: 'speech' (Whisper path, `<speech>`) or 'audio' (BEATs path, `<audio>`).",
+            "help": "What the `voice` files are: 'speech' (Whisper path), 'audio' (BEATs path), or 'placeholder' "
+            "(each file's placeholder decides: `<speech>` → Whisper, `<audio>` → BEATs).",
             "choices": list(VOICE_MODALITIES),
         },
     )

@@ -10,7 +10,9 @@ One sample (official `train/data.py`, `data_sample/samples.json`):
 
 `<image>`/`<video>` placeholders in the human turns take the sample's images/video in order;
 the k-th `<audio>` (or `<speech>`) placeholder takes the k-th `voice` file, as our `speech`
-(Whisper) or `audio` (BEATs) modality: `voice_modality`, one value per dataset. Any `datasets`
+(Whisper) or `audio` (BEATs) modality: `voice_modality`, one value per dataset, or
+`"placeholder"` for data that mixes both (each `<speech>` file goes to Whisper, each `<audio>`
+file to BEATs). Any `datasets`
 dataset with these columns works too (media as paths, or `Image`/`Audio` features, which are
 read undecoded).
 
@@ -31,13 +33,14 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-VOICE_MODALITIES = ("speech", "audio")
+VOICE_MODALITIES = ("speech", "audio", "placeholder")
 MEDIA_COLUMNS = ("image", "video", "voice")
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 PLACEHOLDER_RE = re.compile(r"<(image|video|audio|speech)>")
 # Whitespace around a placeholder goes with it ("<image>\nWhat ..." → "What ...").
 PLACEHOLDER_WITH_SPACE_RE = re.compile(r"\s*<(?:image|video|audio|speech)>\s*")
 MODALITY_ORDER = ("image", "video", "speech", "audio")
+VOICE_KINDS = ("speech", "audio")
 
 
 class SampleError(ValueError):
@@ -75,14 +78,35 @@ def media_source(value: Any, media_dir: str | Path | None) -> Any:
     return value
 
 
+def _sound_placeholders(sample: Mapping[str, Any]) -> list[str]:
+    """`speech`/`audio` for each sound placeholder of the human turns, in order."""
+    kinds = []
+    for turn in sample.get("conversations") or []:
+        if isinstance(turn, Mapping) and ROLE_NAMES.get(turn.get("from")) == "user":
+            kinds += [
+                m.group(1) for m in PLACEHOLDER_RE.finditer(str(turn.get("value", ""))) if m.group(1) in VOICE_KINDS
+            ]
+    return kinds
+
+
 def sample_media(sample: Mapping[str, Any], voice_modality: str = "speech") -> dict[str, list]:
-    """The media items of a sample by modality, in placeholder order (sources as stored)."""
+    """The media items of a sample by modality, in placeholder order (sources as stored).
+
+    With `voice_modality="placeholder"` the k-th `voice` file belongs to the k-th sound
+    placeholder's modality (`<speech>` or `<audio>`); files beyond the placeholders go to speech,
+    so `to_messages` reports the mismatch."""
     if voice_modality not in VOICE_MODALITIES:
         raise ValueError(f"voice_modality must be one of {VOICE_MODALITIES}, got {voice_modality!r}.")
     media = {m: [] for m in MODALITY_ORDER}
     media["image"] = _as_list(sample.get("image"))
     media["video"] = _videos(sample.get("video"))
-    media[voice_modality] = _as_list(sample.get("voice"))
+    voices = _as_list(sample.get("voice"))
+    if voice_modality != "placeholder":
+        media[voice_modality] = voices
+        return media
+    kinds = _sound_placeholders(sample)
+    for index, voice in enumerate(voices):
+        media[kinds[index] if index < len(kinds) else "speech"].append(voice)
     return media
 
 
@@ -127,7 +151,13 @@ def to_messages(
     """
     media = sample_media(sample, voice_modality)
     turns = _turns(sample)
-    kinds = {"image": "image", "video": "video", "audio": voice_modality, "speech": voice_modality}
+    by_placeholder = voice_modality == "placeholder"
+    kinds = {
+        "image": "image",
+        "video": "video",
+        "audio": "audio" if by_placeholder else voice_modality,
+        "speech": "speech" if by_placeholder else voice_modality,
+    }
     wanted = dict.fromkeys(MODALITY_ORDER, 0)
     messages = []
     for role, text in turns:
@@ -146,7 +176,7 @@ def to_messages(
         messages.append({"role": "user", "content": blocks})
     for modality in MODALITY_ORDER:
         if wanted[modality] != len(media[modality]):
-            column = "voice" if modality == voice_modality else modality
+            column = "voice" if modality in (voice_modality, *(VOICE_KINDS if by_placeholder else ())) else modality
             raise SampleError(
                 f"{wanted[modality]} {modality} placeholder(s) in the human turns but {len(media[modality])} "
                 f"item(s) in '{column}'"

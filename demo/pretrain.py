@@ -1,0 +1,276 @@
+"""Pre-training from scratch, before the three Uni-MoE stages.
+
+The released Uni-MoE starts from pre-trained parts: a Vicuna language model and the CLIP,
+Whisper and BEATs encoders. The demo has none of them, so it pre-trains its tiny parts on the
+synthetic task's training split first (its own short loops, not Uni-MoE stages):
+
+- **language model, on text**: every training record with its media replaced by their text
+  descriptions (`pretrain_text.json`: "two red circles\\nWhat colour is the shape?" → "red"). The
+  LM learns the task's language and to answer from what stands where the media will be.
+- **encoders, on labels**: CLIP on the shape code of each quadrant patch, Whisper on the word
+  under each 20-ms encoder position, BEATs on the sound kind, note and loudness under each
+  160-ms patch column, each through a linear head that is thrown away afterwards.
+
+The connectors (projector, aligners) stay untouched: aligning the encoders to the LM is stage 1.
+"""
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeling_unimoe import UniMoeForConditionalGeneration, UniMoeProcessor
+from modeling_unimoe.media_unimoe import load_audio, load_image
+from modeling_unimoe.vision_unimoe import select_image_features
+from unimoe_trl.collator import IGNORE_INDEX
+from unimoe_trl.data import to_messages
+
+from .synthetic_task import COLOURS, LOUDNESS, NOTES, SHAPES, SOUND_KINDS, WORDS
+
+LM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
+# Positions whose window is within this many seconds of a word/burst edge get no label.
+EDGE_SECONDS = 0.03
+
+
+def _cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: float = 0.1):
+    warmup_steps = max(1, int(steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _train(
+    parameters: Sequence[nn.Parameter],
+    loss_fn: Callable[[int], torch.Tensor],
+    steps: int,
+    lr: float,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    scheduler = _cosine_schedule(optimizer, steps)
+    losses = []
+    for step in range(steps):
+        loss = loss_fn(step)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step, losses[-1])
+    return losses
+
+
+# --------------------------------------------------------------------------- language model
+
+
+def encode_text_records(processor: UniMoeProcessor, records: Sequence[dict]) -> list[dict[str, torch.Tensor]]:
+    """Token ids and answer-only labels of text records (official format, no media)."""
+    encoded = []
+    for record in records:
+        out = processor.apply_chat_template(
+            to_messages(record), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = out["input_ids"][0]
+        encoded.append({"input_ids": ids, "labels": ids.masked_fill(out["assistant_masks"][0] == 0, IGNORE_INDEX)})
+    return encoded
+
+
+def _pad_batch(items: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    length = max(len(item["input_ids"]) for item in items)
+    input_ids = torch.full((len(items), length), pad_id)
+    labels = torch.full((len(items), length), IGNORE_INDEX)
+    mask = torch.zeros((len(items), length), dtype=torch.long)
+    for row, item in enumerate(items):
+        n = len(item["input_ids"])
+        input_ids[row, :n], labels[row, :n], mask[row, :n] = item["input_ids"], item["labels"], 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def pretrain_language_model(
+    model: UniMoeForConditionalGeneration,
+    processor: UniMoeProcessor,
+    records: Sequence[dict],
+    *,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Trains the LM (embeddings, decoder, head) on text records; the encoders are not touched.
+    Returns the loss of every step."""
+    data = encode_text_records(processor, records)
+    rng = random.Random(seed)
+    parameters = [p for name, p in model.named_parameters() if name.startswith(LM_PREFIXES)]
+    pad_id = processor.tokenizer.pad_token_id
+    model.train()
+
+    def loss_fn(step: int) -> torch.Tensor:
+        return model(**_pad_batch(rng.sample(data, min(batch_size, len(data))), pad_id)).loss
+
+    return _train(parameters, loss_fn, steps, lr, progress)
+
+
+# -------------------------------------------------------------------------------- encoders
+
+
+def _frame_labels(
+    num_positions: int, seconds_per_position: float, events: Sequence[tuple[float, float, int]]
+) -> torch.Tensor:
+    """Per position: the class of the event covering it (onset, duration, class), 0 where no
+    event is, IGNORE_INDEX near event edges."""
+    labels = torch.zeros(num_positions, dtype=torch.long)
+    for position in range(num_positions):
+        start, end = position * seconds_per_position, (position + 1) * seconds_per_position
+        for onset, duration, label in events:
+            if start >= onset + EDGE_SECONDS and end <= onset + duration - EDGE_SECONDS:
+                labels[position] = label
+            elif end > onset - EDGE_SECONDS and start < onset + duration + EDGE_SECONDS:
+                labels[position] = IGNORE_INDEX
+    return labels
+
+
+class _EncoderTask:
+    """One encoder's pre-training data and heads."""
+
+    def __init__(self, inputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], heads: nn.ModuleDict):
+        self.inputs, self.targets, self.heads = inputs, targets, heads
+
+    def __len__(self) -> int:
+        return len(next(iter(self.targets.values())))
+
+    def batch(self, rows: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return {k: v[rows] for k, v in self.inputs.items()}, {k: v[rows] for k, v in self.targets.items()}
+
+
+def _image_task(model, processor, paths: list[Path], labels: list[dict]) -> _EncoderTask:
+    images = [np.asarray(load_image(str(path))) for path in paths]
+    pixel_values = processor.image_processor(images, return_tensors="pt", input_data_format="channels_last")
+    grid = model.config.num_media_tokens("image")
+    if grid != 4:
+        raise ValueError(f"image pre-training labels one patch per quadrant; the model has {grid} patches.")
+    targets = torch.tensor([label["quadrants"] for label in labels])  # (N, 4), row-major quadrants
+    width = model.config.vision_config.hidden_size
+    heads = nn.ModuleDict({"quadrant": nn.Linear(width, 1 + len(COLOURS) * len(SHAPES))})
+    return _EncoderTask({"pixel_values": pixel_values["pixel_values"]}, {"quadrant": targets}, heads)
+
+
+def _speech_task(model, processor, paths: list[Path], labels: list[dict]) -> _EncoderTask:
+    waves = [load_audio(str(path)) for path in paths]
+    features = processor.feature_extractor(waves, sampling_rate=16000, return_tensors="pt")["input_features"]
+    positions = model.config.speech_config.max_source_positions
+    seconds = processor.feature_extractor.chunk_length / positions
+    targets = torch.stack(
+        [
+            _frame_labels(
+                positions, seconds, [(o, lab["duration"], w + 1) for o, w in zip(lab["onsets"], lab["words"])]
+            )
+            for lab in labels
+        ]
+    )
+    width = model.config.speech_config.d_model
+    heads = nn.ModuleDict({"word": nn.Linear(width, 1 + len(WORDS))})
+    return _EncoderTask({"input_features": features}, {"word": targets}, heads)
+
+
+def _audio_task(model, processor, paths: list[Path], labels: list[dict]) -> _EncoderTask:
+    waves = [load_audio(str(path)) for path in paths]
+    extractor = processor.audio_feature_extractor
+    features = extractor(waves, return_tensors="pt")
+    patch = model.config.audio_config.input_patch_size
+    columns = features["audio_input_features"].shape[1] // patch
+    seconds = patch * extractor.frame_shift_ms / 1000
+    classes = {"kind": len(SOUND_KINDS), "note": len(NOTES), "loudness": len(LOUDNESS)}
+    targets = {}
+    for name in classes:
+        rows = []
+        for lab in labels:
+            value = lab[name] + 1
+            if name == "note" and SOUND_KINDS[lab["kind"]] == "noise":
+                value = IGNORE_INDEX  # noise has no pitch
+            rows.append(_frame_labels(columns, seconds, [(o, lab["duration"], value) for o in lab["onsets"]]))
+        targets[name] = torch.stack(rows)
+    width = model.config.audio_config.hidden_size
+    heads = nn.ModuleDict({name: nn.Linear(width, size + 1) for name, size in classes.items()})
+    inputs = {"input_features": features["audio_input_features"], "padding_mask": features["audio_padding_mask"]}
+    return _EncoderTask(inputs, targets, heads)
+
+
+def _encoder_outputs(model: UniMoeForConditionalGeneration, modality: str, inputs: dict) -> torch.Tensor:
+    """What each connector reads: (batch, positions, width)."""
+    inner = model.model
+    if modality == "image":
+        config = model.config
+        return select_image_features(
+            inner.vision_tower,
+            inputs["pixel_values"],
+            config.vision_feature_layer,
+            config.vision_feature_select_strategy,
+        )
+    if modality == "speech":
+        return inner.speech_tower(inputs["input_features"], return_dict=True).last_hidden_state
+    hidden = inner.audio_tower(**inputs).last_hidden_state  # (batch, columns * bins, width), time-major
+    batch, _, width = hidden.shape
+    bins = inputs["input_features"].shape[-1] // model.config.audio_config.input_patch_size
+    return hidden.reshape(batch, -1, bins, width).mean(dim=2)  # one row per 160-ms column
+
+
+def pretrain_encoders(
+    model: UniMoeForConditionalGeneration,
+    processor: UniMoeProcessor,
+    labels: dict[str, dict],
+    media_dir: str | Path,
+    *,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Trains the CLIP, Whisper and BEATs towers on per-position labels (`media_labels.json`
+    of the synthetic task), one batch of each encoder per step. Returns the summed loss per step."""
+    media_dir = Path(media_dir)
+    builders = {"image": _image_task, "speech": _speech_task, "audio": _audio_task}
+    tasks = {}
+    for modality, build in builders.items():
+        entries = [(path, label) for path, label in sorted(labels.items()) if label["modality"] == modality]
+        if entries:
+            tasks[modality] = build(model, processor, [media_dir / p for p, _ in entries], [lab for _, lab in entries])
+    towers = [model.model.vision_tower, model.model.speech_tower, model.model.audio_tower]
+    for tower in towers:
+        tower.requires_grad_(True)
+    parameters = [p for tower in towers for p in tower.parameters()]
+    parameters += [p for task in tasks.values() for p in task.heads.parameters()]
+    rng = random.Random(seed)
+    model.train()
+
+    def loss_fn(step: int) -> torch.Tensor:
+        total = 0.0
+        for modality, task in tasks.items():
+            inputs, targets = task.batch(rng.sample(range(len(task)), min(batch_size, len(task))))
+            hidden = _encoder_outputs(model, modality, inputs)
+            for name, head in task.heads.items():
+                logits = head(hidden)
+                total = total + F.cross_entropy(
+                    logits.flatten(0, 1), targets[name].flatten(), ignore_index=IGNORE_INDEX
+                )
+        return total
+
+    try:
+        return _train(parameters, loss_fn, steps, lr, progress)
+    finally:
+        model.freeze_towers()
+
+
+__all__ = ["encode_text_records", "pretrain_encoders", "pretrain_language_model"]
