@@ -7,7 +7,9 @@ Q-Former, also on 2-second windows. The released model reads 30-second windows; 
 clips are under 1.5 s, so its feature extractors are set to 2 s (`chunk_length=2`) and the
 Whisper encoder to 100 positions (= 200 mel frames): 15 times less padding to encode.
 Videos keep every frame's tokens (`video_pooling="concat"`): the official mean over frames
-cannot tell which way something moves.
+cannot tell which way something moves. The chat template keeps the official Vicuna-v1 layout
+with a one-sentence system prompt (`DEMO_SYSTEM_PROMPT`): the official one is 29 of the demo's
+~60 tokens per sample.
 """
 
 import tempfile
@@ -15,13 +17,15 @@ from pathlib import Path
 
 from modeling_unimoe import UniMoeConfig, UniMoeProcessor
 from modeling_unimoe.feature_extraction_unimoe import UniMoeBeatsFeatureExtractor
-from modeling_unimoe.processing_unimoe import DEFAULT_SYSTEM_PROMPT
+from modeling_unimoe.processing_unimoe import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT
+
+from .synthetic_task import AUDIO_SLOTS, QUADRANT_WORDS, SPEECH_SLOTS, VIDEO_FRAMES, text_corpus
 
 PLACEHOLDER_TOKENS = ("<image>", "<video>", "<speech>", "<audio>")
+DEMO_SYSTEM_PROMPT = "Answer the user's questions."
 WINDOW_SECONDS = 2  # speech and audio feature windows (the released model: 30)
-IMAGE_SIZE, PATCH_SIZE = 28, 14
-VIDEO_FRAMES = 4
-SPEECH_QUERIES, AUDIO_QUERIES = 4, 4
+IMAGE_SIZE, PATCH_SIZE = 28, 14  # 2 x 2 patches: one per quadrant
+SPEECH_QUERIES, AUDIO_QUERIES = SPEECH_SLOTS, AUDIO_SLOTS
 
 TEXT = dict(
     hidden_size=128,
@@ -77,14 +81,19 @@ AUDIO_QFORMER = dict(
 )
 
 
-def train_tokenizer(corpus: list[str], vocab_size: int = 768):
+def train_tokenizer(corpus: list[str] | None = None, vocab_size: int = 768):
     """A LLaMA-layout sentencepiece BPE tokenizer (unk 0, bos 1, eos 2, byte fallback) trained on
-    `corpus` plus the chat template's words, with the four placeholder tokens added after the
-    vocabulary. Deterministic (one training thread)."""
+    `corpus` (default: the synthetic task's words) plus the chat template's words, with the four
+    placeholder tokens added after the vocabulary. Deterministic (one training thread).
+
+    Raises:
+        ValueError: a slot word is not one token (`vocab_size` too small).
+    """
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
-    lines = [*corpus, DEFAULT_SYSTEM_PROMPT, "USER: ASSISTANT:"]
+    lines = [*(corpus if corpus is not None else text_corpus()), DEMO_SYSTEM_PROMPT, DEFAULT_SYSTEM_PROMPT]
+    lines.append("USER: ASSISTANT:")
     with tempfile.TemporaryDirectory() as tmp:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines * 20),
@@ -103,10 +112,14 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 768):
             hard_vocab_limit=False,
             minloglevel=2,
             num_threads=1,
+            max_sentencepiece_length=24,  # "▁yellowtrianglenw" is one piece
         )
         tokenizer = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True)
     tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDER_TOKENS)})
     tokenizer.pad_token = tokenizer.unk_token  # as the official model: pad = unk = 0
+    split = [word for word in QUADRANT_WORDS if len(tokenizer.tokenize(" " + word)) != 1]
+    if split:
+        raise ValueError(f"slot words {split} are not single tokens with vocab_size={vocab_size}.")
     return tokenizer
 
 
@@ -139,6 +152,7 @@ def demo_processor(tokenizer, config: UniMoeConfig) -> UniMoeProcessor:
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )
     return UniMoeProcessor(
+        chat_template=CHAT_TEMPLATE.replace(DEFAULT_SYSTEM_PROMPT, DEMO_SYSTEM_PROMPT),
         image_processor=image_processor,
         feature_extractor=WhisperFeatureExtractor(chunk_length=WINDOW_SECONDS),
         audio_feature_extractor=UniMoeBeatsFeatureExtractor(chunk_length=WINDOW_SECONDS, max_chunks=1),
@@ -153,4 +167,4 @@ def demo_processor(tokenizer, config: UniMoeConfig) -> UniMoeProcessor:
     )
 
 
-__all__ = ["demo_config", "demo_processor", "train_tokenizer"]
+__all__ = ["DEMO_SYSTEM_PROMPT", "demo_config", "demo_processor", "train_tokenizer"]

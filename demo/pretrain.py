@@ -4,10 +4,13 @@ The released Uni-MoE starts from pre-trained parts: a Vicuna language model and 
 Whisper and BEATs encoders. The demo has none of them, so it pre-trains its tiny parts on the
 synthetic task's training split first (its own short loops, not Uni-MoE stages):
 
-- **language model, on text**: every training record with its media replaced by their text
-  descriptions (`pretrain_text.json`: "two red circles\\nWhat colour is the shape?" → "red"). The
-  LM learns the task's language and to answer from what stands where the media will be.
-- **encoders, on labels**: CLIP on the shape code of each quadrant patch, Whisper on the word
+- **language model, on text**: every training record with each media item replaced by its slot
+  words, one word per media token (`pretrain_text.json`: "redcirclenw emptyne emptysw
+  redcirclese \\nWhat colour is the shape?" → "red"). The LM learns the task's language and to answer from
+  what stands where the media tokens will be; stage 1 then teaches the connectors to put there
+  what the slot words would.
+- **encoders, on labels**: CLIP on the shape code of each quadrant patch (images and video
+  frames), Whisper on the word
   under each 20-ms encoder position, BEATs on the sound kind, note and loudness under each
   160-ms patch column, each through a linear head that is thrown away afterwards.
 
@@ -25,12 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling_unimoe import UniMoeForConditionalGeneration, UniMoeProcessor
-from modeling_unimoe.media_unimoe import load_audio, load_image
+from modeling_unimoe.media_unimoe import load_audio, load_image, load_video
 from modeling_unimoe.vision_unimoe import select_image_features
 from unimoe_trl.collator import IGNORE_INDEX
 from unimoe_trl.data import to_messages
 
-from .synthetic_task import COLOURS, LOUDNESS, NOTES, SHAPES, SOUND_KINDS, WORDS
+from .synthetic_task import COLOURS, LOUDNESS, NOTES, SHAPES, SOUND_KINDS, WORDS, slot_components
 
 LM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 # Positions whose window is within this many seconds of a word/burst edge get no label.
@@ -86,6 +89,37 @@ def encode_text_records(processor: UniMoeProcessor, records: Sequence[dict]) -> 
     return encoded
 
 
+class SlotEmbedding(nn.Module):
+    """Embeds token ids with the model's table, except slot words (`slot_components`), which
+    become the sum of their parts' embeddings divided by sqrt(parts)."""
+
+    def __init__(self, embed_tokens: nn.Embedding, tokenizer, components: dict[str, list[str]]):
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        vocab = embed_tokens.num_embeddings
+        width = max(len(parts) for parts in components.values())
+        parts = torch.arange(vocab)[:, None].repeat(1, width)
+        weights = torch.zeros(vocab, width)
+        weights[:, 0] = 1.0
+        for word, words in components.items():
+            ids = [_single_token(tokenizer, w) for w in [word, *words]]
+            parts[ids[0], : len(words)] = torch.tensor(ids[1:])
+            weights[ids[0]] = 0.0
+            weights[ids[0], : len(words)] = len(words) ** -0.5
+        self.register_buffer("parts", parts, persistent=False)
+        self.register_buffer("weights", weights, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return (self.embed_tokens(self.parts[input_ids]) * self.weights[input_ids][..., None]).sum(dim=-2)
+
+
+def _single_token(tokenizer, word: str) -> int:
+    pieces = tokenizer.tokenize(" " + word)
+    if len(pieces) != 1:
+        raise ValueError(f"{word!r} is not one token ({pieces}); retrain the tokenizer with a larger vocabulary.")
+    return tokenizer.convert_tokens_to_ids(pieces[0])
+
+
 def _pad_batch(items: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
     length = max(len(item["input_ids"]) for item in items)
     input_ids = torch.full((len(items), length), pad_id)
@@ -108,16 +142,19 @@ def pretrain_language_model(
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Trains the LM (embeddings, decoder, head) on text records; the encoders are not touched.
-    Returns the loss of every step."""
+    """Trains the LM (embeddings, decoder, head) on text records whose slot words are embedded as
+    the sum of their parts (`SlotEmbedding`); the encoders are not touched. Returns the loss of
+    every step."""
     data = encode_text_records(processor, records)
     rng = random.Random(seed)
     parameters = [p for name, p in model.named_parameters() if name.startswith(LM_PREFIXES)]
     pad_id = processor.tokenizer.pad_token_id
+    embed = SlotEmbedding(model.get_input_embeddings(), processor.tokenizer, slot_components())
     model.train()
 
     def loss_fn(step: int) -> torch.Tensor:
-        return model(**_pad_batch(rng.sample(data, min(batch_size, len(data))), pad_id)).loss
+        batch = _pad_batch(rng.sample(data, min(batch_size, len(data))), pad_id)
+        return model(inputs_embeds=embed(batch.pop("input_ids")), **batch).loss
 
     return _train(parameters, loss_fn, steps, lr, progress)
 
@@ -155,12 +192,20 @@ class _EncoderTask:
 
 
 def _image_task(model, processor, paths: list[Path], labels: list[dict]) -> _EncoderTask:
-    images = [np.asarray(load_image(str(path))) for path in paths]
+    """Images and video frames: the shape code of each quadrant patch."""
+    images, targets = [], []
+    for path, label in zip(paths, labels):
+        if label["modality"] == "image":
+            images.append(np.asarray(load_image(str(path))))
+            targets.append(label["quadrants"])
+        else:
+            images += list(load_video(str(path), num_frames=len(label["frames"])).frames)
+            targets += label["frames"]
     pixel_values = processor.image_processor(images, return_tensors="pt", input_data_format="channels_last")
     grid = model.config.num_media_tokens("image")
     if grid != 4:
         raise ValueError(f"image pre-training labels one patch per quadrant; the model has {grid} patches.")
-    targets = torch.tensor([label["quadrants"] for label in labels])  # (N, 4), row-major quadrants
+    targets = torch.tensor(targets)  # (N, 4), row-major quadrants
     width = model.config.vision_config.hidden_size
     heads = nn.ModuleDict({"quadrant": nn.Linear(width, 1 + len(COLOURS) * len(SHAPES))})
     return _EncoderTask({"pixel_values": pixel_values["pixel_values"]}, {"quadrant": targets}, heads)
@@ -244,7 +289,8 @@ def pretrain_encoders(
     builders = {"image": _image_task, "speech": _speech_task, "audio": _audio_task}
     tasks = {}
     for modality, build in builders.items():
-        entries = [(path, label) for path, label in sorted(labels.items()) if label["modality"] == modality]
+        members = ("image", "video") if modality == "image" else (modality,)
+        entries = [(path, label) for path, label in sorted(labels.items()) if label["modality"] in members]
         if entries:
             tasks[modality] = build(model, processor, [media_dir / p for p, _ in entries], [lab for _, lab in entries])
     towers = [model.model.vision_tower, model.model.speech_tower, model.model.audio_tower]

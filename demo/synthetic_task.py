@@ -19,15 +19,17 @@ Splits (JSON lists of `{"id", "image"?, "video"?, "voice"?, "conversations", "mo
 "question_type"}`; media paths are relative to the JSON file's folder; each `<speech>` or
 `<audio>` placeholder takes the next `voice` file in order):
 
-- `stage1_captions.json`: one caption per media item (connector alignment);
+- `stage1_captions.json`: per media item a caption and its slot words (connector alignment);
 - `stage2_<modality>.json` for image, video, speech, audio: per-modality instructions;
 - `stage3_mixed.json`: a mix of all four plus image+speech items;
 - `test.json`: held-out items (media never used in training) with one question each;
-- `pretrain_text.json`: every training record with its media replaced by their text
-  descriptions (no media), for the language model's text pre-training;
+- `pretrain_text.json`: every training record with each media item replaced by its slot words
+  (`transcribe`: one word per media token, e.g. "redcirclenw emptyne emptysw redcirclese" for
+  an image with red circles in the top-left and bottom-right quadrants), for the language model's text
+  pre-training;
 - `media_labels.json`: per training media file (stages 1-2), the labels encoder pre-training
-  uses (image: the shape code of each quadrant; speech: word ids and onsets; audio: kind, note,
-  loudness and burst onsets).
+  uses (image: the shape code of each quadrant; video: the same per frame; speech: word ids and
+  onsets; audio: kind, note, loudness and burst onsets).
 """
 
 import json
@@ -62,6 +64,34 @@ _F1 = (300.0, 480.0, 700.0, 950.0)
 _F2 = (1400.0, 1900.0, 2500.0, 3200.0)
 FORMANTS = {word: (_F1[i // 4], _F2[i % 4]) for i, word in enumerate(WORDS)}
 
+# Slot words: the text pre-training's stand-in for a media item, one word per media token (what
+# the connector learns to produce in stage 1). Image: one word per quadrant, naming its content
+# and the quadrant (a CLIP patch knows where it is: its position embedding); video: the same per
+# frame; speech: the words then "silence"; audio: kind, note, loudness, count.
+EMPTY = "empty"
+QUADRANT_SUFFIXES = ("nw", "ne", "sw", "se")  # compass points of the quadrants, row-major
+NO_NOTE = "nonote"
+SILENCE = "silence"
+SPEECH_SLOTS = 4
+AUDIO_SLOTS = 4
+VIDEO_FRAMES = 4
+
+
+def quadrant_word(quadrant: int, colour: str | None = None, shape: str | None = None) -> str:
+    """The slot word of one quadrant: e.g. "redcirclenw", or "emptyse" without a shape."""
+    content = EMPTY if shape is None else f"{colour}{shape}"
+    return content + QUADRANT_SUFFIXES[quadrant]
+
+
+def quadrant_code(colour: str, shape: str) -> int:
+    """0 is an empty quadrant; 1 + colour * 4 + shape otherwise."""
+    return 1 + list(COLOURS).index(colour) * len(SHAPES) + SHAPES.index(shape)
+
+
+QUADRANT_WORDS = tuple(
+    quadrant_word(q, c, s) for q in range(4) for c, s in [(None, None), *((c, s) for c in COLOURS for s in SHAPES)]
+)
+
 WORD_SECONDS, WORD_STRIDE = 0.22, 0.3
 BURST_SECONDS, BURST_STRIDE = 0.15, 0.27
 
@@ -94,6 +124,13 @@ CAPTION_PROMPTS = {
     "video": "Describe the video briefly.",
     "speech": "Repeat what the speaker says.",
     "audio": "Describe the sound briefly.",
+}
+# Stage 1 also pairs every caption item with its slot words (a word-by-word transcription).
+TRANSCRIBE_PROMPTS = {
+    "image": "List the quadrants.",
+    "video": "List the quadrants of every frame.",
+    "speech": "List the spoken words.",
+    "audio": "List the kind, note, loudness and count of the sound.",
 }
 PLACEHOLDER = {"image": "<image>", "video": "<video>", "speech": "<speech>", "audio": "<audio>"}
 
@@ -176,14 +213,15 @@ def render_image(rng: random.Random, size: int, colour: str, shape: str, quadran
 
 def video_frames(
     rng: random.Random, size: int, num_frames: int, colour: str, shape: str, direction: str
-) -> list[np.ndarray]:
-    """Frames of one shape crossing the frame in `direction` (from one edge region to the other)."""
+) -> tuple[list[np.ndarray], list[int]]:
+    """Frames of one shape crossing the frame in `direction` (from one edge region to the other),
+    and the quadrant (0 = top left, row-major) of the shape's centre in each frame."""
     radius = size * rng.uniform(0.15, 0.19)
     start, end = radius + 1, size - radius - 1
     across = rng.uniform(start, end)  # the coordinate that stays fixed
     fill = _colour(rng, colour)
     background = _background(rng, size)
-    frames = []
+    frames, quadrants = [], []
     for t in np.linspace(0.0, 1.0, num_frames):
         along = start + (end - start) * t
         if direction in ("left", "up"):
@@ -192,7 +230,8 @@ def video_frames(
         frame = background.copy()
         draw_shape(ImageDraw.Draw(frame), shape, centre, radius, fill)
         frames.append(np.asarray(frame))
-    return frames
+        quadrants.append(2 * int(centre[1] >= size / 2) + int(centre[0] >= size / 2))
+    return frames, quadrants
 
 
 # ------------------------------------------------------------------------------------- sound
@@ -291,8 +330,8 @@ def _record(item: _Item, item_id: str, question_type: str, prompt: str, answer: 
 
 
 def text_twin(record: dict, descriptions: list[str]) -> dict:
-    """The record with every media placeholder replaced by its item's text description and no
-    media: what the language model reads in text pre-training."""
+    """The record with every media placeholder replaced by its item's slot words (`slot_text`)
+    and no media: what the language model reads in text pre-training."""
     pieces = iter(descriptions)
     turns = [
         {"from": turn["from"], "value": re.sub(r"<(image|video|speech|audio)>", lambda _: next(pieces), turn["value"])}
@@ -351,6 +390,46 @@ def describe(modality: str, a: dict) -> str:
     return text + (f" at {a['note']}" if a["kind"] != "noise" else "")
 
 
+def transcribe(modality: str, a: dict) -> list[str]:
+    """The slot words of one media item: one word per media token of the demo model."""
+    if modality == "image":
+        return [
+            quadrant_word(q, a["colour"], a["shape"]) if q in a["quadrants"] else quadrant_word(q) for q in range(4)
+        ]
+    if modality == "video":
+        return [
+            quadrant_word(q, a["colour"], a["shape"]) if q == at else quadrant_word(q)
+            for at in a["frame_quadrants"]
+            for q in range(4)
+        ]
+    if modality == "speech":
+        return a["words"] + [SILENCE] * (SPEECH_SLOTS - len(a["words"]))
+    note = NO_NOTE if a["kind"] == "noise" else a["note"]
+    return [a["kind"], note, a["loudness"].replace(" ", ""), COUNTS[a["count"] - 1]]
+
+
+def slot_components() -> dict[str, list[str]]:
+    """Slot words that stand for several plain words: each quadrant word is its content and its
+    quadrant ("redcirclenw" = red + circle + top + left), "veryloud" = very + loud, "nonote" =
+    none. Text pre-training embeds such a slot as its parts' embeddings summed, so what the LM
+    learns about "red" holds in every quadrant and frame."""
+    components = {}
+    for q, quadrant in enumerate(QUADRANTS):
+        components[quadrant_word(q)] = [EMPTY, *quadrant.split()]
+        for colour in COLOURS:
+            for shape in SHAPES:
+                components[quadrant_word(q, colour, shape)] = [colour, shape, *quadrant.split()]
+    for loudness in LOUDNESS:
+        components[loudness.replace(" ", "")] = loudness.split()
+    components[NO_NOTE] = ["none"]
+    return components
+
+
+def slot_text(modality: str, a: dict) -> str:
+    # The trailing space gives the bare "▁" that follows a placeholder run in the real prompt.
+    return " ".join(transcribe(modality, a)) + " "
+
+
 def caption(item: _Item) -> str:
     """The stage-1 caption of a single-modality item."""
     return describe(item.modality, item.attributes)
@@ -404,20 +483,27 @@ class _Writer:
     def image(self) -> _Item:
         # Half the images hold a single shape, so "where" questions are common enough.
         a = self._image_attributes(1 if self.rng.random() < 0.5 else None)
-        return _Item("image", a, {"image": self._write_png(a)}, [describe("image", a)])
+        return _Item("image", a, {"image": self._write_png(a)}, [slot_text("image", a)])
 
     def video(self) -> _Item:
         rng = self.rng
         a = {"colour": rng.choice(list(COLOURS)), "shape": rng.choice(SHAPES), "direction": rng.choice(DIRECTIONS)}
-        frames = video_frames(rng, self.image_size, self.video_frames, a["colour"], a["shape"], a["direction"])
+        frames, a["frame_quadrants"] = video_frames(
+            rng, self.image_size, self.video_frames, a["colour"], a["shape"], a["direction"]
+        )
         path, relative = self._path("video", ".mp4")
         write_video(path, frames=iter(frames), fps=4, width=self.image_size, height=self.image_size)
-        return _Item("video", a, {"video": relative}, [describe("video", a)])
+        code = quadrant_code(a["colour"], a["shape"])
+        self.labels[relative] = {
+            "modality": "video",
+            "frames": [[code if q == at else 0 for q in range(4)] for at in a["frame_quadrants"]],
+        }
+        return _Item("video", a, {"video": relative}, [slot_text("video", a)])
 
     def speech(self) -> _Item:
         words = [self.rng.choice(WORDS) for _ in range(self.rng.randint(1, 3))]
         a = {"words": words}
-        return _Item("speech", a, {"voice": [self._write_words(words)]}, [describe("speech", a)])
+        return _Item("speech", a, {"voice": [self._write_words(words)]}, [slot_text("speech", a)])
 
     def audio(self) -> _Item:
         rng = self.rng
@@ -438,13 +524,13 @@ class _Writer:
             "onsets": onsets,
             "duration": BURST_SECONDS,
         }
-        return _Item("audio", a, {"voice": [relative]}, [describe("audio", a)])
+        return _Item("audio", a, {"voice": [relative]}, [slot_text("audio", a)])
 
     def mixed(self) -> _Item:
         question = self.rng.choice(QUESTION_WORDS)
         image = self._image_attributes(1 if question == "where" else None)
         files = {"image": self._write_png(image, "mixed"), "voice": [self._write_words([question], "mixed")]}
-        descriptions = [describe("image", image), question]
+        descriptions = [slot_text("image", image), slot_text("speech", {"words": [question]})]
         return _Item("mixed", {"image": image, "question": question}, files, descriptions)
 
     def make(self, modality: str) -> _Item:
@@ -467,10 +553,11 @@ def _questions(rng: random.Random, item: _Item, item_id: str, how_many: int) -> 
 def text_corpus() -> list[str]:
     """Every word the task's prompts and answers use (for the tokenizer)."""
     lines = [q for questions in QUESTIONS.values() for variants in questions.values() for q in variants]
-    lines += list(CAPTION_PROMPTS.values())
+    lines += list(CAPTION_PROMPTS.values()) + list(TRANSCRIBE_PROMPTS.values())
     lines += [" ".join(WORDS), " ".join(COUNTS), " ".join(QUADRANTS), " ".join(DIRECTIONS)]
     lines += [" ".join(COLOURS), " ".join(SHAPES), " ".join(SOUND_KINDS), " ".join(NOTES), " ".join(LOUDNESS)]
     lines += ["crosses circles squares triangles at the a moving burst bursts"]
+    lines += [" ".join(QUADRANT_WORDS), f"{NO_NOTE} {SILENCE} veryquiet veryloud none empty"]
     return lines
 
 
@@ -480,7 +567,7 @@ def generate_task(
     seed: int = 0,
     sizes: TaskSizes = TaskSizes(),
     image_size: int = 28,
-    video_num_frames: int = 8,
+    video_num_frames: int = VIDEO_FRAMES,
 ) -> TaskFiles:
     """Writes the whole task (media + JSON splits) under `root`; the same seed writes the same task.
 
@@ -489,7 +576,7 @@ def generate_task(
         seed: seeds every random choice (attributes, jitter, noise).
         sizes: items per split (`TaskSizes`).
         image_size: side of the square images and video frames, in pixels.
-        video_num_frames: frames written per video (4 fps).
+        video_num_frames: frames written per video (4 fps); the demo model reads all of them.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -505,6 +592,9 @@ def generate_task(
             item, item_id = writer.make(modality), f"train-{modality}-{index:04d}"
             if index < sizes.caption:
                 stage1.append(_record(item, item_id + "-caption", "caption", CAPTION_PROMPTS[modality], caption(item)))
+                twins.append(text_twin(stage1[-1], item.descriptions))
+                words = " ".join(transcribe(modality, item.attributes))
+                stage1.append(_record(item, item_id + "-slots", "slots", TRANSCRIBE_PROMPTS[modality], words))
                 twins.append(text_twin(stage1[-1], item.descriptions))
             if index < sizes.instruct:
                 stage2[modality] += _questions(rng, item, item_id, 3)
@@ -564,6 +654,8 @@ __all__ = [
     "render_image",
     "speak_words",
     "text_corpus",
+    "slot_components",
     "text_twin",
+    "transcribe",
     "video_frames",
 ]

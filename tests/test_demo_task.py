@@ -1,0 +1,168 @@
+"""The demo's synthetic task: determinism, real media, the official format, labels, text twins."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_unimoe.media_unimoe import load_audio, load_image, load_video
+from unimoe_demo.pretrain import EDGE_SECONDS, _frame_labels
+from unimoe_demo.synthetic_task import (
+    COLOURS,
+    FORMANTS,
+    LOUDNESS,
+    SHAPES,
+    WORDS,
+    TaskSizes,
+    generate_task,
+    play_bursts,
+    speak_words,
+    text_twin,
+)
+from unimoe_trl.collator import IGNORE_INDEX
+from unimoe_trl.data import SampleError, build_dataset, sample_modality, to_messages
+
+TINY = TaskSizes(caption=3, instruct=4, stage3=2, mixed=3, test=2)
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return generate_task(tmp_path_factory.mktemp("task"), seed=3, sizes=TINY)
+
+
+def _digest(root) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.*"))}
+
+
+def test_same_seed_writes_the_same_files(task, tmp_path):
+    again = generate_task(tmp_path / "again", seed=3, sizes=TINY)
+    assert _digest(again.root) == _digest(task.root)
+    other = generate_task(tmp_path / "other", seed=4, sizes=TINY)
+    assert _digest(other.root) != _digest(task.root)
+
+
+def test_splits_have_the_promised_items(task):
+    stage1 = json.loads(task.stage1.read_text())
+    assert len(stage1) == 2 * 4 * TINY.caption and {r["question_type"] for r in stage1} == {"caption", "slots"}
+    for modality, path in task.stage2.items():
+        records = json.loads(path.read_text())
+        assert len(records) == TINY.instruct and {r["modality"] for r in records} == {modality}
+    stage3 = json.loads(task.stage3.read_text())
+    assert len(stage3) == 4 * TINY.stage3 + TINY.mixed
+    test = json.loads(task.test.read_text())
+    assert sorted(r["modality"] for r in test) == sorted(["image", "video", "speech", "audio", "mixed"] * TINY.test)
+
+
+def test_held_out_media_are_never_trained_on(task):
+    def media(records):
+        return {p for r in records for key in ("image", "video", "voice") for p in np.atleast_1d(r.get(key, []))}
+
+    train = json.loads(task.stage1.read_text()) + json.loads(task.stage3.read_text())
+    for path in task.stage2.values():
+        train += json.loads(path.read_text())
+    test = json.loads(task.test.read_text())
+    assert media(test) and not media(test) & media(train)
+    assert not media(test) & set(json.loads(task.media_labels.read_text()))
+
+
+def test_every_split_is_valid_official_data(task):
+    for path in [task.stage1, *task.stage2.values(), task.stage3, task.test]:
+        dataset, report = build_dataset(str(path), voice_modality="placeholder")
+        assert report.kept == report.total == len(json.loads(path.read_text())), report.summary()
+
+
+def test_media_are_real_files_with_the_drawn_content(task):
+    labels = json.loads(task.media_labels.read_text())
+    image_path, image_label = next((p, lab) for p, lab in labels.items() if lab["modality"] == "image")
+    image = np.asarray(load_image(str(task.root / image_path)))
+    assert image.shape == (28, 28, 3)
+    # Quadrants with a shape are brighter than the dark background (its noise is at most 40).
+    for quadrant, code in enumerate(image_label["quadrants"]):
+        row, col = divmod(quadrant, 2)
+        block = image[row * 14 : (row + 1) * 14, col * 14 : (col + 1) * 14]
+        assert (block.max() > 100) == (code > 0)
+    video = next(r["video"] for r in json.loads(task.stage2["video"].read_text()))
+    frames = load_video(str(task.root / video), num_frames=4).frames
+    assert frames.shape == (4, 28, 28, 3) and not np.array_equal(frames[0], frames[-1])
+    voice = next(p for p, lab in labels.items() if lab["modality"] == "speech")
+    assert load_audio(str(task.root / voice)).ndim == 1
+
+
+def test_spoken_words_put_energy_at_their_formants():
+    import random
+
+    wave, onsets = speak_words(random.Random(0), ["seven"])
+    start = int(onsets[0] * 16000)
+    spectrum = np.abs(np.fft.rfft(wave[start : start + 3520]))
+    frequencies = np.fft.rfftfreq(3520, 1 / 16000)
+    top_two = sorted(frequencies[np.argsort(spectrum)[-2:]])
+    f1, f2 = FORMANTS["seven"]
+    assert top_two[0] == pytest.approx(f1, rel=0.03) and top_two[1] == pytest.approx(f2, rel=0.03)
+    assert len(set(FORMANTS.values())) == len(WORDS)  # every word sounds different
+
+
+def test_loudness_levels_are_rms_levels():
+    import random
+
+    levels = []
+    for loudness in LOUDNESS:
+        wave, onsets = play_bursts(random.Random(1), "noise", "C", 1, loudness)
+        start = int(onsets[0] * 16000) + 400
+        levels.append(np.sqrt(np.mean(wave[start : start + 1600] ** 2)))
+    expected = np.array(list(LOUDNESS.values()))
+    np.testing.assert_allclose(levels, expected, rtol=0.2)
+
+
+def test_text_twin_replaces_placeholders_in_order():
+    record = {
+        "id": "x",
+        "image": "a.png",
+        "voice": ["b.wav"],
+        "conversations": [
+            {"from": "human", "value": "<image>\n<speech>\nAnswer."},
+            {"from": "gpt", "value": "red"},
+        ],
+        "question_type": "spoken question",
+    }
+    twin = text_twin(record, ["one red circle", "colour"])
+    assert twin["conversations"][0]["value"] == "one red circle\ncolour\nAnswer."
+    assert "image" not in twin and "voice" not in twin
+
+
+def test_frame_labels_mark_events_and_ignore_their_edges():
+    # 10 positions of 20 ms; one event from 40 to 140 ms of class 3. With 30-ms edges only
+    # position 4 ([80, 100) ms) lies inside [70, 110] ms; the other positions touching
+    # [10, 170] ms are unlabelled, position 9 ([180, 200) ms) is silence.
+    assert EDGE_SECONDS == 0.03
+    labels = _frame_labels(10, 0.02, [(0.04, 0.1, 3)])
+    expected = torch.zeros(10, dtype=torch.long)
+    expected[[0, 1, 2, 3, 5, 6, 7, 8]] = IGNORE_INDEX
+    expected[4] = 3
+    assert torch.equal(labels, expected)
+
+
+def test_placeholder_voice_modality_routes_each_file_by_its_placeholder(tmp_path):
+    sample = {
+        "image": "a.png",
+        "voice": ["q.wav", "s.wav"],
+        "conversations": [
+            {"from": "human", "value": "<image>\n<speech>\nHear <audio> too"},
+            {"from": "gpt", "value": "ok"},
+        ],
+    }
+    blocks = to_messages(sample, "placeholder", tmp_path)[0]["content"]
+    assert blocks[:3] == [
+        {"type": "image", "image": str(tmp_path / "a.png")},
+        {"type": "speech", "speech": str(tmp_path / "q.wav")},
+        {"type": "audio", "audio": str(tmp_path / "s.wav")},
+    ]
+    assert sample_modality(sample, "placeholder") == "image+speech+audio"
+    with pytest.raises(SampleError, match="voice"):
+        to_messages({**sample, "voice": ["q.wav"]}, "placeholder")
+
+
+def test_colours_and_shapes_have_distinct_codes():
+    codes = {1 + c * len(SHAPES) + s for c in range(len(COLOURS)) for s in range(len(SHAPES))}
+    assert len(codes) == len(COLOURS) * len(SHAPES) and 0 not in codes
