@@ -183,14 +183,17 @@ def _first_attr(config, names: tuple[str, ...]):
 def tiny_processor_counts(config: UniMoeConfig | None = None) -> dict:
     """Processor settings matching a (tiny) model config: CLIP input size and image tokens from
     `vision_config` (image_size, patch_size), query tokens per chunk from the speech/audio
-    configs when they carry them; otherwise the tiny defaults (28 px -> 4 tokens, 4 per chunk)."""
+    configs when they carry them, frames per video from `video_num_frames`; otherwise the tiny
+    defaults (28 px -> 4 tokens, 4 per chunk, the processor's 8 frames)."""
     vision = getattr(config, "vision_config", None)
     image_size = _first_attr(vision, ("image_size",)) or 28
     patch_size = _first_attr(vision, ("patch_size",)) or 14
     query_names = ("num_query_tokens", "query_tokens_size", "num_queries")
     speech_queries = _first_attr(getattr(config, "speech_config", None), query_names)
     audio_queries = _first_attr(getattr(config, "audio_config", None), query_names)
+    frames = {} if config is None else {"video_num_frames": config.video_num_frames}
     return {
+        **frames,
         "image_size": image_size,
         "image_seq_length": (image_size // patch_size) ** 2,
         "video_seq_length": (image_size // patch_size) ** 2,

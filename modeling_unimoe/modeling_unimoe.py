@@ -659,8 +659,24 @@ class UniMoeForConditionalGeneration(UniMoePreTrainedModel, GenerationMixin):
                 media[name] = torch.cat([block.repeat(expand_size, *[1] * (block.ndim - 1)) for block in blocks])
         return media
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
+        # `inputs_embeds` is named so that `generate(inputs_embeds=...)` is accepted.
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
         # After the prefill the cache holds the media; only uncached decoding re-reads them.
         # (transformers drops the image, video and speech inputs itself, not the audio ones.)
         if not is_first_iteration and kwargs.get("use_cache", True):

@@ -45,15 +45,12 @@ def kaldi_fbank_reference(waveform: np.ndarray, num_bins: int = 128) -> np.ndarr
     return torch.log(torch.clamp(energies, min=float(np.finfo(np.float32).eps))).numpy()
 
 
-def test_sample(seconds: float = 30.0, seed: int = 0) -> np.ndarray:
+def synthetic_tone(seconds: float = 30.0, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SR)) / SR
     x = 0.3 * np.sin(2 * np.pi * 440 * t) * (t % 2 < 1) + 0.05 * rng.standard_normal(t.size)
     x[: SR // 2] = 0.0  # digital silence exercises the log floor
     return x.astype(np.float32)
-
-
-test_sample.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +59,7 @@ def extractor():
 
 
 def test_fbank_matches_kaldi_reference(extractor):
-    wave = test_sample()
+    wave = synthetic_tone()
     features = extractor(wave)["audio_input_features"]
     assert features.shape == (1, 2998, 128) and features.dtype == np.float32
     reference = (kaldi_fbank_reference(wave) - MEAN) / (2 * STD)
@@ -73,7 +70,7 @@ def test_fbank_matches_torchaudio_when_installed(extractor):
     kaldi = pytest.importorskip(
         "torchaudio.compliance.kaldi", reason="torchaudio is not installed (optional fast path)"
     )
-    wave = test_sample(seconds=30.0, seed=1)
+    wave = synthetic_tone(seconds=30.0, seed=1)
     official = kaldi.fbank(
         torch.from_numpy(wave).unsqueeze(0) * 2**15,
         num_mel_bins=128,
@@ -88,7 +85,7 @@ def test_fbank_matches_torchaudio_when_installed(extractor):
 
 
 def test_chunks_pad_by_repeating_the_last_sample(extractor):
-    wave = test_sample(seconds=62.5, seed=2)
+    wave = synthetic_tone(seconds=62.5, seed=2)
     chunks, sample_mask = extractor.chunk(wave)
     valid_last = len(wave) - 2 * CHUNK  # 20000 samples in the third chunk
     assert chunks.shape == sample_mask.shape == (3, CHUNK)
@@ -98,7 +95,7 @@ def test_chunks_pad_by_repeating_the_last_sample(extractor):
 
 
 def test_frame_padding_mask_follows_the_official_mapping(extractor):
-    wave = test_sample(seconds=62.5, seed=2)
+    wave = synthetic_tone(seconds=62.5, seed=2)
     out = extractor(wave)
     mask = out["audio_padding_mask"]
     assert mask.shape == (3, 2998) and mask.dtype == bool
@@ -115,7 +112,7 @@ def test_frame_padding_mask_follows_the_official_mapping(extractor):
 
 
 def test_items_concatenate_in_order(extractor):
-    short, exact = test_sample(1.0, seed=3), test_sample(30.0, seed=4)
+    short, exact = synthetic_tone(1.0, seed=3), synthetic_tone(30.0, seed=4)
     out = extractor([short, exact], return_tensors="pt")
     assert out["audio_input_features"].shape == (2, 2998, 128)
     assert out["audio_padding_mask"].dtype == torch.bool

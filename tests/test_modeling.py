@@ -124,6 +124,15 @@ def test_cached_greedy_generation_equals_uncached():
     assert torch.equal(cached, uncached)
 
 
+def test_generate_from_inputs_embeds_equals_generate_from_ids():
+    model = tiny_model()
+    ids = random_ids()
+    from_ids = model.generate(ids, max_new_tokens=6, do_sample=False)
+    embeds = model.get_input_embeddings()(ids)
+    from_embeds = model.generate(inputs_embeds=embeds, max_new_tokens=6, do_sample=False)
+    assert torch.equal(from_embeds, from_ids[:, ids.shape[1] :])  # only the new tokens come back
+
+
 def test_generation_continues_the_argmax_of_the_full_forward():
     model = tiny_model()
     ids = random_ids(1, 5)
