@@ -33,7 +33,17 @@ from modeling_unimoe.vision_unimoe import select_image_features
 from unimoe_trl.collator import IGNORE_INDEX
 from unimoe_trl.data import to_messages
 
-from .synthetic_task import COLOURS, LOUDNESS, NOTES, SHAPES, SOUND_KINDS, WORDS, slot_components
+from .synthetic_task import (
+    AUDIO_SLOTS,
+    COLOURS,
+    LOUDNESS,
+    NOTES,
+    SHAPES,
+    SOUND_KINDS,
+    SPEECH_SLOTS,
+    WORDS,
+    slot_components,
+)
 
 LM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 # Positions whose window is within this many seconds of a word/burst edge get no label.
@@ -178,6 +188,23 @@ def _frame_labels(
     return labels
 
 
+def _column_labels(
+    num_columns: int, seconds_per_column: float, events: Sequence[tuple[float, float, int]]
+) -> torch.Tensor:
+    """Per BEATs column (160 ms, longer than a 150-ms burst): the class of the event covering at
+    least half of the shorter of the two, 0 where no event is, IGNORE_INDEX where one only grazes."""
+    labels = torch.zeros(num_columns, dtype=torch.long)
+    for column in range(num_columns):
+        start, end = column * seconds_per_column, (column + 1) * seconds_per_column
+        for onset, duration, label in events:
+            overlap = min(end, onset + duration) - max(start, onset)
+            if overlap >= 0.5 * min(duration, seconds_per_column):
+                labels[column] = label
+            elif overlap > -EDGE_SECONDS and labels[column] == 0:
+                labels[column] = IGNORE_INDEX
+    return labels
+
+
 class _EncoderTask:
     """One encoder's pre-training data and heads."""
 
@@ -207,8 +234,12 @@ def _image_task(model, processor, paths: list[Path], labels: list[dict]) -> _Enc
         raise ValueError(f"image pre-training labels one patch per quadrant; the model has {grid} patches.")
     targets = torch.tensor(targets)  # (N, 4), row-major quadrants
     width = model.config.vision_config.hidden_size
-    heads = nn.ModuleDict({"quadrant": nn.Linear(width, 1 + len(COLOURS) * len(SHAPES))})
-    return _EncoderTask({"pixel_values": pixel_values["pixel_values"]}, {"quadrant": targets}, heads)
+    heads = nn.ModuleDict(
+        {"content": nn.Linear(width, 1 + len(COLOURS) * len(SHAPES)), "quadrant": nn.Linear(width, grid)}
+    )
+    # The quadrant head keeps each patch's position in its features: the slot words name it.
+    positions = torch.arange(grid).expand_as(targets)
+    return _EncoderTask({"pixel_values": pixel_values["pixel_values"]}, {"content": targets, "quadrant": positions}, heads)
 
 
 def _speech_task(model, processor, paths: list[Path], labels: list[dict]) -> _EncoderTask:
@@ -224,9 +255,16 @@ def _speech_task(model, processor, paths: list[Path], labels: list[dict]) -> _En
             for lab in labels
         ]
     )
+    slots = torch.stack(
+        [
+            _frame_labels(positions, seconds, [(o, lab["duration"], k + 1) for k, o in enumerate(lab["onsets"])])
+            for lab in labels
+        ]
+    )
     width = model.config.speech_config.d_model
-    heads = nn.ModuleDict({"word": nn.Linear(width, 1 + len(WORDS))})
-    return _EncoderTask({"input_features": features}, {"word": targets}, heads)
+    # The slot head lets the k-th aligner query find the k-th word by content, not by time.
+    heads = nn.ModuleDict({"word": nn.Linear(width, 1 + len(WORDS)), "slot": nn.Linear(width, 1 + SPEECH_SLOTS)})
+    return _EncoderTask({"input_features": features}, {"word": targets, "slot": slots}, heads)
 
 
 def _audio_task(model, processor, paths: list[Path], labels: list[dict]) -> _EncoderTask:
@@ -244,8 +282,12 @@ def _audio_task(model, processor, paths: list[Path], labels: list[dict]) -> _Enc
             value = lab[name] + 1
             if name == "note" and SOUND_KINDS[lab["kind"]] == "noise":
                 value = IGNORE_INDEX  # noise has no pitch
-            rows.append(_frame_labels(columns, seconds, [(o, lab["duration"], value) for o in lab["onsets"]]))
+            rows.append(_column_labels(columns, seconds, [(o, lab["duration"], value) for o in lab["onsets"]]))
         targets[name] = torch.stack(rows)
+    valid = ~features["audio_padding_mask"][:, : columns * patch].reshape(len(labels), columns, patch).all(dim=-1)
+    counts = torch.tensor([len(lab["onsets"]) - 1 for lab in labels])  # 0..3
+    targets["count"] = counts[:, None].expand(-1, columns).masked_fill(~valid, IGNORE_INDEX)
+    classes["count"] = AUDIO_SLOTS - 1  # (+1 below): four counts
     width = model.config.audio_config.hidden_size
     heads = nn.ModuleDict({name: nn.Linear(width, size + 1) for name, size in classes.items()})
     inputs = {"input_features": features["audio_input_features"], "padding_mask": features["audio_padding_mask"]}

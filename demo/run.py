@@ -34,11 +34,11 @@ class DemoSettings:
     """Everything that sets the demo's size and length (defaults: the full demo)."""
 
     sizes: TaskSizes = TaskSizes()
-    lm_pretrain_steps: int = 300
-    encoder_pretrain_steps: int = 300
+    lm_pretrain_steps: int = 400
+    encoder_pretrain_steps: int = 400
     stage1: StageSettings = StageSettings(steps=300, learning_rate=2e-3)
-    stage2: StageSettings = StageSettings(steps=150, learning_rate=2e-3)
-    stage3: StageSettings = StageSettings(steps=300, learning_rate=1e-3)
+    stage2: StageSettings = StageSettings(steps=100, learning_rate=2e-3)
+    stage3: StageSettings = StageSettings(steps=250, learning_rate=1e-3)
     seed: int = 0
     dataloader_workers: int = 1
     max_test_questions: int | None = None  # per modality; None = all of them

@@ -284,7 +284,8 @@ def play_bursts(rng: random.Random, kind: str, note: str, count: int, loudness: 
     """`count` bursts of one sound at one loudness (RMS), about `BURST_STRIDE` s apart.
     Returns the waveform and each burst's onset in seconds."""
     np_rng = np.random.default_rng(rng.getrandbits(32))
-    total = int(SAMPLING_RATE * (0.25 + BURST_STRIDE * count))
+    # Every clip lasts as long as four bursts need, so a count is a share of sounding time.
+    total = int(SAMPLING_RATE * (0.25 + BURST_STRIDE * 4))
     wave = 0.0003 * np_rng.standard_normal(total).astype(np.float32)
     n = int(BURST_SECONDS * SAMPLING_RATE)
     rms = LOUDNESS[loudness] * rng.uniform(0.9, 1.1)
