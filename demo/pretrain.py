@@ -36,13 +36,17 @@ from unimoe_trl.data import to_messages
 from .synthetic_task import (
     AUDIO_SLOTS,
     COLOURS,
+    COUNTS,
     LOUDNESS,
+    NO_NOTE,
     NOTES,
     SHAPES,
+    SILENCE,
     SOUND_KINDS,
     SPEECH_SLOTS,
     WORDS,
     slot_components,
+    transcribe,
 )
 
 LM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
@@ -164,7 +168,12 @@ def pretrain_language_model(
 
     def loss_fn(step: int) -> torch.Tensor:
         batch = _pad_batch(rng.sample(data, min(batch_size, len(data))), pad_id)
-        return model(inputs_embeds=embed(batch.pop("input_ids")), **batch).loss
+        hidden = model.model(inputs_embeds=embed(batch["input_ids"]), attention_mask=batch["attention_mask"])[0]
+        # Logits only where an answer token is predicted: most positions are prompt.
+        targets = batch["labels"][:, 1:]
+        predicted = targets != IGNORE_INDEX
+        logits = model.lm_head(hidden[:, :-1][predicted])
+        return F.cross_entropy(logits.float(), targets[predicted])
 
     return _train(parameters, loss_fn, steps, lr, progress)
 
@@ -264,7 +273,8 @@ def _speech_task(model, processor, paths: list[Path], labels: list[dict]) -> _En
     width = model.config.speech_config.d_model
     # The slot head lets the k-th aligner query find the k-th word by content, not by time.
     heads = nn.ModuleDict({"word": nn.Linear(width, 1 + len(WORDS)), "slot": nn.Linear(width, 1 + SPEECH_SLOTS)})
-    return _EncoderTask({"input_features": features}, {"word": targets, "slot": slots}, heads)
+    queries = _query_slots("speech", labels)
+    return _EncoderTask({"input_features": features}, {"word": targets, "slot": slots, QUERY_HEAD: queries}, heads)
 
 
 def _audio_task(model, processor, paths: list[Path], labels: list[dict]) -> _EncoderTask:
@@ -288,10 +298,41 @@ def _audio_task(model, processor, paths: list[Path], labels: list[dict]) -> _Enc
     counts = torch.tensor([len(lab["onsets"]) - 1 for lab in labels])  # 0..3
     targets["count"] = counts[:, None].expand(-1, columns).masked_fill(~valid, IGNORE_INDEX)
     classes["count"] = AUDIO_SLOTS - 1  # (+1 below): four counts
+    targets[QUERY_HEAD] = _query_slots("audio", labels)
     width = model.config.audio_config.hidden_size
     heads = nn.ModuleDict({name: nn.Linear(width, size + 1) for name, size in classes.items()})
     inputs = {"input_features": features["audio_input_features"], "padding_mask": features["audio_padding_mask"]}
     return _EncoderTask(inputs, targets, heads)
+
+
+# Speech and audio also pre-train their aligner (Whisper-decoder queries, Q-Former), as BLIP-2
+# pre-trains its Q-Former before connecting it to a language model: query k learns to hold
+# slot word k of the item (`transcribe`), through one linear head over the slot words.
+QUERY_HEAD = "query"
+SLOT_WORDS = {
+    "speech": [*WORDS, SILENCE],
+    "audio": [*SOUND_KINDS, *NOTES, NO_NOTE, *(loudness.replace(" ", "") for loudness in LOUDNESS), *COUNTS],
+}
+
+
+def _query_slots(modality: str, labels: list[dict]) -> torch.Tensor:
+    """(items, queries) index in `SLOT_WORDS[modality]` of each query's slot word."""
+    vocabulary = SLOT_WORDS[modality]
+    rows = []
+    for lab in labels:
+        if modality == "speech":
+            attributes = {"words": [WORDS[w] for w in lab["words"]]}
+        else:
+            kind = SOUND_KINDS[lab["kind"]]
+            note = list(NOTES)[lab["note"]]
+            attributes = {"kind": kind, "note": note, "loudness": list(LOUDNESS)[lab["loudness"]], "count": len(lab["onsets"])}
+        rows.append([vocabulary.index(word) for word in transcribe(modality, attributes)])
+    return torch.tensor(rows)
+
+
+def _aligner_outputs(model: UniMoeForConditionalGeneration, modality: str, encoder_states: torch.Tensor) -> torch.Tensor:
+    aligner = model.model.speech_aligner if modality == "speech" else model.model.audio_aligner
+    return aligner(encoder_states)  # (batch, queries, width)
 
 
 def _encoder_outputs(model: UniMoeForConditionalGeneration, modality: str, inputs: dict) -> torch.Tensor:
@@ -307,10 +348,14 @@ def _encoder_outputs(model: UniMoeForConditionalGeneration, modality: str, input
         )
     if modality == "speech":
         return inner.speech_tower(inputs["input_features"], return_dict=True).last_hidden_state
-    hidden = inner.audio_tower(**inputs).last_hidden_state  # (batch, columns * bins, width), time-major
+    return inner.audio_tower(**inputs).last_hidden_state  # (batch, columns * bins, width), time-major
+
+
+def _per_column(model: UniMoeForConditionalGeneration, inputs: dict, hidden: torch.Tensor) -> torch.Tensor:
+    """BEATs patches (batch, columns * bins, width) averaged into one row per 160-ms column."""
     batch, _, width = hidden.shape
     bins = inputs["input_features"].shape[-1] // model.config.audio_config.input_patch_size
-    return hidden.reshape(batch, -1, bins, width).mean(dim=2)  # one row per 160-ms column
+    return hidden.reshape(batch, -1, bins, width).mean(dim=2)
 
 
 def pretrain_encoders(
@@ -326,7 +371,8 @@ def pretrain_encoders(
     progress: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Trains the CLIP, Whisper and BEATs towers on per-position labels (`media_labels.json`
-    of the synthetic task), one batch of each encoder per step. Returns the summed loss per step."""
+    of the synthetic task), and the speech and audio aligners on each query's slot word, one
+    batch of each encoder per step. Returns the summed loss per step."""
     media_dir = Path(media_dir)
     builders = {"image": _image_task, "speech": _speech_task, "audio": _audio_task}
     tasks = {}
@@ -338,7 +384,14 @@ def pretrain_encoders(
     towers = [model.model.vision_tower, model.model.speech_tower, model.model.audio_tower]
     for tower in towers:
         tower.requires_grad_(True)
-    parameters = [p for tower in towers for p in tower.parameters()]
+    aligners = [model.model.speech_aligner, model.model.audio_aligner]
+    query_heads = nn.ModuleDict(
+        {
+            modality: nn.Linear(aligner.query_tokens.shape[-1], len(SLOT_WORDS[modality]))
+            for modality, aligner in zip(("speech", "audio"), aligners)
+        }
+    )
+    parameters = [p for module in [*towers, *aligners, query_heads] for p in module.parameters()]
     parameters += [p for task in tasks.values() for p in task.heads.parameters()]
     rng = random.Random(seed)
     model.train()
@@ -348,11 +401,14 @@ def pretrain_encoders(
         for modality, task in tasks.items():
             inputs, targets = task.batch(rng.sample(range(len(task)), min(batch_size, len(task))))
             hidden = _encoder_outputs(model, modality, inputs)
-            for name, head in task.heads.items():
-                logits = head(hidden)
-                total = total + F.cross_entropy(
-                    logits.flatten(0, 1), targets[name].flatten(), ignore_index=IGNORE_INDEX
-                )
+            logits = {}
+            if modality in query_heads:
+                logits[QUERY_HEAD] = query_heads[modality](_aligner_outputs(model, modality, hidden))
+            if modality == "audio":
+                hidden = _per_column(model, inputs, hidden)
+            logits.update({name: head(hidden) for name, head in task.heads.items()})
+            for name, values in logits.items():
+                total = total + F.cross_entropy(values.flatten(0, 1), targets[name].flatten(), ignore_index=IGNORE_INDEX)
         return total
 
     try:

@@ -34,11 +34,14 @@ class DemoSettings:
     """Everything that sets the demo's size and length (defaults: the full demo)."""
 
     sizes: TaskSizes = TaskSizes()
-    lm_pretrain_steps: int = 400
+    lm_pretrain_steps: int = 600
+    lm_pretrain_lr: float = 3e-3
     encoder_pretrain_steps: int = 400
-    stage1: StageSettings = StageSettings(steps=300, learning_rate=2e-3)
+    stage1: StageSettings = StageSettings(steps=250, learning_rate=2e-3)
     stage2: StageSettings = StageSettings(steps=100, learning_rate=2e-3)
     stage3: StageSettings = StageSettings(steps=250, learning_rate=1e-3)
+    router_warm_start: bool = True  # stage-3 routers start at the modality centroids (`router_init.py`)
+    router_warm_start_items: int = 16  # stage-2 items per modality the centroids are taken over
     seed: int = 0
     dataloader_workers: int = 1
     max_test_questions: int | None = None  # per modality; None = all of them
@@ -110,6 +113,12 @@ def _dense_processor_and_model(task, seed: int):
     return demo_processor(tokenizer, config), model
 
 
+def demo_layers(model_dir: Path) -> int:
+    from modeling_unimoe import UniMoeConfig
+
+    return UniMoeConfig.from_pretrained(model_dir).text_config.num_hidden_layers
+
+
 def _progress_printer(name: str, steps: int, quiet: bool):
     every = max(1, steps // 5)
 
@@ -146,6 +155,7 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(), qu
     from .evaluate import answer_questions, majority_baseline
     from .pretrain import pretrain_encoders, pretrain_language_model
     from .report import accuracy_table, plot_routing, routing_table
+    from .router_init import write_modality_routers
     from .stages import run_stage1, run_stage2, run_stage3
 
     hf_logging.set_verbosity_error()
@@ -164,6 +174,7 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(), qu
         processor,
         _load_json(task.pretrain_text),
         steps=s.lm_pretrain_steps,
+        lr=s.lm_pretrain_lr,
         seed=s.seed,
         progress=_progress_printer("LM text pre-training", s.lm_pretrain_steps, quiet),
     )
@@ -195,8 +206,15 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(), qu
         expert_dirs.append(target)
 
     banner("stage3", f"stage 3: MoE from the 4 stage-2 MLPs, LoRA + routers on mixed data ({s.stage3.steps} steps)")
+    router_init = None
+    if s.router_warm_start:
+        samples = {m: _load_json(task.stage2[m])[: s.router_warm_start_items] for m in EXPERT_ORDER}
+        layers = range(demo_layers(output_dir / "stage1"))
+        router_init = write_modality_routers(
+            output_dir / "stage1", samples, task.root, layers, output_dir / "router_init.safetensors"
+        )
     result3 = run_stage3(
-        output_dir / "stage1", expert_dirs, task.stage3, output_dir / "stage3", s.stage3, s.seed, workers
+        output_dir / "stage1", expert_dirs, task.stage3, output_dir / "stage3", s.stage3, s.seed, workers, router_init
     )
 
     banner("save", "saving the Hub folder and reloading it with pipeline('any-to-text')")

@@ -86,14 +86,19 @@ def run_stage3(
     settings: StageSettings,
     seed: int = 0,
     workers: int = 1,
+    router_init: Path | None = None,
 ) -> StageResult:
     """Stage 3: the MoE built from the stage-2 experts (expert k ← `expert_dirs[k]`), LoRA on
-    attention and experts, routers and projectors trained fully; writes `output_dir/merged`."""
+    attention and experts, routers (starting from `router_init` if given) and projectors trained
+    fully; writes `output_dir/merged`."""
     return stage3.main(
         _script_args(dataset),
         _training_args(output_dir, settings, seed, workers),
         ModelArguments(model_name_or_path=str(model_dir)),
-        Stage3Arguments(expert_files=[str(path) for path in expert_dirs]),
+        Stage3Arguments(
+            expert_files=[str(path) for path in expert_dirs],
+            router_init=None if router_init is None else str(router_init),
+        ),
     )
 
 

@@ -147,8 +147,8 @@ class TaskSizes:
 
     caption: int = 200
     instruct: int = 400
-    stage3: int = 150
-    mixed: int = 400
+    stage3: int = 200
+    mixed: int = 300
     test: int = 40
 
 
@@ -214,23 +214,33 @@ def render_image(rng: random.Random, size: int, colour: str, shape: str, quadran
 def video_frames(
     rng: random.Random, size: int, num_frames: int, colour: str, shape: str, direction: str
 ) -> tuple[list[np.ndarray], list[int]]:
-    """Frames of one shape crossing the frame in `direction` (from one edge region to the other),
-    and the quadrant (0 = top left, row-major) of the shape's centre in each frame."""
-    radius = size * rng.uniform(0.15, 0.19)
-    start, end = radius + 1, size - radius - 1
-    across = rng.uniform(start, end)  # the coordinate that stays fixed
+    """Frames of one shape moving in `direction` from one quadrant to its neighbour: the first
+    half of the frames drift through the start quadrant, the second half through the end one,
+    so no frame cuts the shape across two quadrants. Returns the frames and the quadrant
+    (0 = top left, row-major) of the shape in each frame."""
+    half = size / 2
+    radius = half * rng.uniform(0.3, 0.38)  # as in the images
+    start_row, start_col = rng.randrange(2), rng.randrange(2)
+    if direction in ("left", "right"):
+        start_col = 0 if direction == "right" else 1
+    else:
+        start_row = 0 if direction == "down" else 1
+    step = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}[direction]
     fill = _colour(rng, colour)
     background = _background(rng, size)
     frames, quadrants = [], []
-    for t in np.linspace(0.0, 1.0, num_frames):
-        along = start + (end - start) * t
-        if direction in ("left", "up"):
-            along = start + end - along
-        centre = (along, across) if direction in ("left", "right") else (across, along)
+    per_half = max(1, num_frames // 2)
+    for index in range(num_frames):
+        moved = index >= per_half
+        row, col = start_row + moved * step[0], start_col + moved * step[1]
+        # Within a quadrant the shape drifts along the motion, from -1 to +1 px.
+        drift = 2 * (index % per_half) / (per_half - 1) - 1 if per_half > 1 else 0.0
+        x = half * (col + 0.5) + drift * step[1] + rng.uniform(-0.5, 0.5)
+        y = half * (row + 0.5) + drift * step[0] + rng.uniform(-0.5, 0.5)
         frame = background.copy()
-        draw_shape(ImageDraw.Draw(frame), shape, centre, radius, fill)
+        draw_shape(ImageDraw.Draw(frame), shape, (x, y), radius, fill)
         frames.append(np.asarray(frame))
-        quadrants.append(2 * int(centre[1] >= size / 2) + int(centre[0] >= size / 2))
+        quadrants.append(2 * row + col)
     return frames, quadrants
 
 

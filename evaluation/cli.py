@@ -16,7 +16,7 @@ from .data import load_samples
 from .report import PAPER_TABLE9, UNIMOE_ROWS, comparison_table
 from .runner import PREDICTIONS_FILE, SCORES_FILE, read_predictions, run_evaluation
 from .scoring import score_records
-from .tasks import METRICS, TASKS, get_task
+from .tasks import METRICS, TASKS, VOICE_AS, get_task
 
 
 def _columns(text: str | None) -> dict[str, str]:
@@ -32,7 +32,7 @@ def _add_task_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, choices=sorted(TASKS), help="benchmark preset")
     parser.add_argument("--metric", choices=METRICS, help="override the preset's metric")
     parser.add_argument("--prompt-suffix", help="override the preset's prompt suffix ('' for none)")
-    parser.add_argument("--voice-as", choices=("speech", "audio"), help="what official `voice` files are")
+    parser.add_argument("--voice-as", choices=VOICE_AS, help="what official `voice` files are")
 
 
 def _task_from(args):
@@ -85,8 +85,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _print_scores(task, scores: dict, name: str) -> None:
     print(json.dumps({k: v for k, v in scores.items() if k != "table_cell"}, indent=2, ensure_ascii=False))
-    if task.paper_column:
-        print(comparison_table({name: {task.paper_column: scores["table_cell"]}}))
+    if task.table_column:
+        print(comparison_table({name: {task.table_column: scores["table_cell"]}}))
 
 
 def _cmd_run(args) -> None:
@@ -144,7 +144,7 @@ def _cmd_table(args) -> None:
         if not scores_path.is_file():
             raise ValueError(f"{run}: no {SCORES_FILE} (run `unimoe-eval run` or `score` first)")
         scores = json.loads(scores_path.read_text())
-        column = get_task(scores["task"]).paper_column
+        column = get_task(scores["task"]).table_column
         if column is None:
             print(f"note: {run} ({scores['task']}) has no column in the paper's table", file=sys.stderr)
             continue
@@ -155,7 +155,7 @@ def _cmd_table(args) -> None:
 
 def _cmd_tasks(_args) -> None:
     for task in TASKS.values():
-        column = f"[{task.paper_column}] " if task.paper_column else ""
+        column = f"[{task.table_column}] " if task.table_column else ""
         print(f"{task.name:15s} {column}{task.title}: {task.metric}, {task.modality}, {task.generation.describe()}")
 
 

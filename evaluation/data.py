@@ -25,7 +25,7 @@ from .tasks import TaskPreset
 PLACEHOLDERS = {"images": "<image>", "videos": "<video>", "speech": "<speech>", "audios": "<audio>"}
 _ID_KEYS = ("question_id", "id")
 _REFERENCE_KEYS = ("gt", "answers", "answer", "label")
-_SUBSET_KEYS = ("subset", "split", "category")
+_SUBSET_KEYS = ("subset", "split", "category", "modality")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
@@ -115,7 +115,14 @@ def _references(item: Mapping) -> list[str]:
     return [gpt[0]] if gpt and gpt[0] else []
 
 
-def _media_of(item: Mapping, voice_key: str, resolve, sample_id: str) -> dict[str, list]:
+def _voice_keys(prompt: str, voice_as: str, count: int) -> list[str]:
+    """The media key of each `voice` file: one for all, or (`placeholder`) each sound placeholder's."""
+    if voice_as != "placeholder":
+        return ["speech" if voice_as == "speech" else "audios"] * count
+    return ["speech" if kind == "speech" else "audios" for kind in re.findall(r"<(speech|audio)>", prompt)][:count]
+
+
+def _media_of(item: Mapping, voice_keys: list[str], resolve, sample_id: str) -> dict[str, list]:
     media = {"images": [resolve(p, sample_id) for p in _as_list(item.get("image"))]}
     video = item.get("video")
     if isinstance(video, list) and video and all(_is_image_file(f) for f in video):
@@ -124,7 +131,13 @@ def _media_of(item: Mapping, voice_key: str, resolve, sample_id: str) -> dict[st
         media["videos"] = [resolve(v, sample_id) for v in _as_list(video)]
     media["speech"] = [resolve(p, sample_id) for p in _as_list(item.get("speech"))]
     media["audios"] = [resolve(p, sample_id) for p in _as_list(item.get("audio"))]
-    media[voice_key] += [resolve(p, sample_id) for p in _as_list(item.get("voice"))]
+    voices = _as_list(item.get("voice"))
+    if len(voice_keys) < len(voices):
+        raise DatasetFormatError(
+            f"sample {sample_id!r}: {len(voices)} `voice` files but {len(voice_keys)} <speech>/<audio> placeholders"
+        )
+    for key, path in zip(voice_keys, voices):
+        media[key].append(resolve(path, sample_id))
     return {key: items for key, items in media.items() if items}
 
 
@@ -153,9 +166,9 @@ def sample_from_item(
     raw_id = next((item[k] for k in _ID_KEYS if item.get(k) is not None), index)
     sample_id = str(raw_id)
     prompt = _human_prompt(item, sample_id)
-    if item.get("voice") is not None:
+    if item.get("voice") is not None and task.voice_as != "placeholder":
         prompt = _map_official_placeholders(prompt, task.voice_as)
-    voice_key = "speech" if task.voice_as == "speech" else "audios"
+    voice_keys = _voice_keys(prompt, task.voice_as, len(_as_list(item.get("voice"))))
     references = _references(item)
     if not references and annotations is not None:
         references = list(annotations.get(sample_id, []))
@@ -163,7 +176,7 @@ def sample_from_item(
     sample = EvalSample(
         id=sample_id,
         prompt=add_suffix(prompt, task.prompt_suffix),
-        media=_media_of(item, voice_key, resolve, sample_id),
+        media=_media_of(item, voice_keys, resolve, sample_id),
         references=references,
         options=options,
         subset=_subset(item),

@@ -70,6 +70,8 @@ def format_table(rows: Sequence[tuple[str, Mapping[str, str]]], columns: Sequenc
 
 
 def comparison_table(ours: Mapping[str, Mapping[str, str]], reference_rows: Sequence[str] | None = UNIMOE_ROWS) -> str:
-    """Our rows ({name: {column: cell}}) under the paper's chosen reference rows."""
+    """Our rows ({name: {column: cell}}) under the paper's chosen reference rows; columns outside
+    the paper's (tasks it did not report) follow its ten."""
     reference = [(f"{name} (paper)", PAPER_TABLE9[name]) for name in (reference_rows or ())]
-    return format_table([*reference, *ours.items()])
+    extra = [c for cells in ours.values() for c in cells if c not in PAPER_COLUMNS]
+    return format_table([*reference, *ours.items()], (*PAPER_COLUMNS, *dict.fromkeys(extra)))

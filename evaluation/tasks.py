@@ -14,6 +14,9 @@ from .generation import GREEDY, SAMPLE_T02, GenerationSettings
 
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
 
+# What `voice` files are: all speech (Whisper), all general audio (BEATs), or each file what its
+# placeholder says (`<speech>` / `<audio>`, in prompt order), as in data mixing both.
+VOICE_AS = ("speech", "audio", "placeholder")
 # Scorers a task may name; see `scoring.py`.
 METRICS = ("vqa", "aokvqa", "choice", "pope", "exact_match", "caption", "external")
 
@@ -27,16 +30,21 @@ class TaskPreset:
     prompt_suffix: str = ""
     generation: GenerationSettings = GREEDY
     paper_column: str | None = None  # column of the paper's Table 9, if the task has one
+    extra_column: str | None = None  # a column printed after the paper's, for tasks outside it
     subsets: tuple[str, ...] = ()  # the paper's column shows these per-subset scores as "a/b"
-    voice_as: str = "speech"  # what an official `voice` file / `<audio>` placeholder is
+    voice_as: str = "speech"  # what an official `voice` file / `<audio>` placeholder is (see VOICE_AS)
     submission: str | None = None  # export format for an external scorer
     note: str = ""
 
     def __post_init__(self):
         if self.metric not in METRICS:
             raise ValueError(f"task {self.name!r}: unknown metric {self.metric!r}, expected one of {METRICS}")
-        if self.voice_as not in ("speech", "audio"):
-            raise ValueError(f"task {self.name!r}: voice_as must be 'speech' or 'audio', got {self.voice_as!r}")
+        if self.voice_as not in VOICE_AS:
+            raise ValueError(f"task {self.name!r}: voice_as must be one of {VOICE_AS}, got {self.voice_as!r}")
+
+    @property
+    def table_column(self) -> str | None:
+        return self.paper_column or self.extra_column
 
     def replace(self, **overrides) -> "TaskPreset":
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -118,6 +126,17 @@ TASKS: dict[str, TaskPreset] = {
         ),
         TaskPreset(
             "clotho_v2", "Clotho v2 captioning", "caption", "audio", generation=_CLOTHO_GENERATION, voice_as="audio"
+        ),
+        TaskPreset(
+            "synthetic",
+            "unimoe-demo's synthetic task (held-out split, exact match per modality)",
+            "exact_match",
+            "image",
+            generation=GenerationSettings(max_new_tokens=8),
+            extra_column="Synthetic",
+            subsets=("image", "video", "speech", "audio", "mixed"),
+            voice_as="placeholder",
+            note="`unimoe-demo` writes it: DIR/data/test.json; subsets are the item modalities",
         ),
     )
 }

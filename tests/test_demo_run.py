@@ -35,7 +35,7 @@ def test_every_modality_is_answered_and_reported(quick_run):
 
 
 def test_routing_shares_are_distributions_and_plotted(quick_run):
-    for modality, shares in quick_run.routing_shares.items():
+    for shares in quick_run.routing_shares.values():
         for layer in shares:
             assert sum(layer) == pytest.approx(1.0)
     with Image.open(quick_run.plot) as plot:
@@ -45,3 +45,20 @@ def test_routing_shares_are_distributions_and_plotted(quick_run):
 def test_hub_folder_carries_its_code(quick_run):
     files = {path.name for path in quick_run.model_dir.iterdir()}
     assert {"config.json", "model.safetensors", "modeling_unimoe.py", "processing_unimoe.py"} <= files
+
+
+def test_unimoe_eval_scores_the_demo_model_as_the_demo_does(quick_run, tmp_path, capsys):
+    # Another path to the same answers: batched, left-padded generation from the Hub folder and
+    # normalised exact match, against the demo's one-by-one pipeline calls.
+    from unimoe_evaluation.cli import main
+
+    output = tmp_path / "eval"
+    test_split = quick_run.output_dir / "data" / "test.json"
+    args = ["run", "--model", str(quick_run.model_dir), "--task", "synthetic", "--data", str(test_split)]
+    main([*args, "--output", str(output), "--device", "cpu", "--dtype", "float32", "--name", "demo"])
+    scores = json.loads((output / "scores.json").read_text())
+    for modality in MODALITIES:
+        assert scores["subsets"][modality]["score"] == pytest.approx(100 * quick_run.accuracy[modality])
+    header, _, *rows = capsys.readouterr().out.strip().splitlines()[-7:]
+    assert header.split("|")[-2].strip() == "Synthetic"
+    assert rows[-1].split("|")[-2].strip() == scores["table_cell"] and rows[-1].split("|")[1].strip() == "demo"

@@ -166,3 +166,15 @@ def test_placeholder_voice_modality_routes_each_file_by_its_placeholder(tmp_path
 def test_colours_and_shapes_have_distinct_codes():
     codes = {1 + c * len(SHAPES) + s for c in range(len(COLOURS)) for s in range(len(SHAPES))}
     assert len(codes) == len(COLOURS) * len(SHAPES) and 0 not in codes
+
+
+def test_centroid_router_puts_each_centroid_on_its_own_expert():
+    from unimoe_demo.router_init import centroid_router
+
+    centroids = torch.randn(4, 16) * 3 + 5  # a shared offset, as hidden states have
+    router = centroid_router(centroids, margin=2.0)
+    logits = centroids @ router.T  # (centroid, expert)
+    mean_logits = centroids.mean(dim=0) @ router.T
+    torch.testing.assert_close(mean_logits, torch.zeros(4), atol=1e-4, rtol=0)  # no expert favoured by the mean
+    torch.testing.assert_close(logits.diagonal(), torch.full((4,), 2.0))
+    assert torch.equal(logits.argmax(dim=1), torch.arange(4))

@@ -96,6 +96,27 @@ def test_voice_and_audio_placeholder_follow_the_task(tmp_path, media):
     assert audio.media == {"audios": [str(media / "talk.wav")]}
 
 
+def test_placeholder_voice_follows_each_placeholder(tmp_path, media):
+    # The synthetic task mixes both: each `voice` file goes where its placeholder says.
+    (media / "noise.wav").write_bytes(b"RIFF")
+    items = [
+        {
+            "id": "m1",
+            "voice": ["talk.wav", "noise.wav"],
+            "modality": "mixed",
+            "conversations": [{"from": "human", "value": "<speech>\n<audio>\nAnswer."}, {"from": "gpt", "value": "red"}],
+        },
+        {"id": "m2", "voice": ["talk.wav"], "conversations": [{"from": "human", "value": "Answer."}]},
+    ]
+    task = get_task("synthetic")
+    (sample,) = load_eval_json(_write(media / "mixed.json", items[:1]), task)
+    assert sample.prompt == "<speech>\n<audio>\nAnswer."
+    assert sample.media == {"speech": [str(media / "talk.wav")], "audios": [str(media / "noise.wav")]}
+    assert sample.subset == "mixed" and sample.references == ["red"]
+    with pytest.raises(DatasetFormatError, match="1 `voice` files but 0 <speech>/<audio> placeholders"):
+        load_eval_json(_write(media / "extra.json", items[1:]), task)
+
+
 def test_own_keys_keep_their_placeholders(tmp_path, media):
     items = [{"id": 1, "audio": "talk.wav", "conversations": [{"from": "human", "value": "<audio>\nWhat is it?"}]}]
     (sample,) = load_eval_json(_write(media / "own.json", items), get_task("race_audio"))

@@ -153,6 +153,14 @@ def test_paper_table():
     assert "86.10" in paper
 
 
+def test_columns_outside_the_paper_follow_its_ten():
+    table = comparison_table({"ours": {"POPE": "1.00", "Synthetic": "90.00/80.00"}}, [])
+    header, _, ours = table.splitlines()
+    assert [c.strip() for c in header.strip("|").split("|")] == ["model", *PAPER_COLUMNS, "Synthetic"]
+    assert ours.split("|")[-2].strip() == "90.00/80.00"
+    assert get_task("synthetic").table_column == "Synthetic" and get_task("pope").table_column == "POPE"
+
+
 def test_cli_score_and_table(tmp_path, capsys):
     run_evaluation(_samples(), ScriptedGenerator(), get_task("pope"), tmp_path / "pope", progress=False)
     (tmp_path / "pope" / "scores.json").unlink()

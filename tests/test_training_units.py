@@ -322,6 +322,21 @@ def test_experts_assemble_into_moe_layers(dense_checkpoint, tmp_path):
         assemble_moe_checkpoint(dense_checkpoint, [files[0]], tmp_path / "moe3")
 
 
+def test_given_router_weights_replace_the_random_draw(dense_checkpoint, tmp_path):
+    dense = read_tensors(dense_checkpoint)
+    expert = tmp_path / "e.safetensors"
+    save_file({k: v for k, v in dense.items() if re.fullmatch(r".*\.mlp\.\w+_proj\.weight", k)}, str(expert))
+    routers = {"model.layers.0.mlp.gate.weight": torch.arange(64.0).reshape(2, 32)}
+    out = assemble_moe_checkpoint(dense_checkpoint, [expert, expert], tmp_path / "moe", moe_layers=[0], routers=routers)
+    model = UniMoeForConditionalGeneration.from_pretrained(out)
+    torch.testing.assert_close(model.model.layers[0].mlp.gate.weight.detach(), routers["model.layers.0.mlp.gate.weight"])
+    with pytest.raises(ValueError, match=r"router init model.layers.0.mlp.gate.weight: expected shape \(2, 32\), got \(3, 32\)"):
+        bad = {"model.layers.0.mlp.gate.weight": torch.zeros(3, 32)}
+        assemble_moe_checkpoint(dense_checkpoint, [expert, expert], tmp_path / "m2", moe_layers=[0], routers=bad)
+    with pytest.raises(ValueError, match="got missing"):
+        assemble_moe_checkpoint(dense_checkpoint, [expert, expert], tmp_path / "m3", moe_layers="all", routers=routers)
+
+
 def test_extract_expert_needs_a_dense_checkpoint(tiny_checkpoint, dense_checkpoint, tmp_path):
     path = extract_mlp_expert(dense_checkpoint, tmp_path / "e.safetensors", {"modality": "image"})
     assert sorted(load_file(str(path))) == sorted(

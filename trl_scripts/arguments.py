@@ -73,6 +73,13 @@ class Stage3Arguments:
     moe_layers: str = field(default="all", metadata={"help": "MoE layers: 'all', 'even' or indices '0,2,4'."})
     num_experts_per_tok: int = field(default=2, metadata={"help": "Top-k of the new routers."})
     router_type: str = field(default="topk_softmax", metadata={"help": "'topk_softmax' (4e) or 'gshard_top2' (8e)."})
+    router_init: str | None = field(
+        default=None,
+        metadata={
+            "help": "A safetensors file of initial router weights (`model.layers.{L}.mlp.gate.weight`, one "
+            "(num_experts, hidden) tensor per MoE layer); default: drawn N(0, initializer_range) as officially."
+        },
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (official 8)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (official 16)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (official 0.05)."})

@@ -182,6 +182,7 @@ def assemble_moe_checkpoint(
     num_experts_per_tok: int = 2,
     router_type: str = "topk_softmax",
     seed: int = 0,
+    routers: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Writes a MoE checkpoint: `base_dir`'s weights, MoE MLPs whose expert k is `expert_files[k]`.
 
@@ -193,6 +194,8 @@ def assemble_moe_checkpoint(
         moe_layers: `"all"`, `"even"` or layer indices.
         num_experts_per_tok, router_type: routing of the new MoE layers.
         seed: seed of the router initialisation, N(0, `initializer_range`).
+        routers: initial router weights instead of the random draw, keyed
+            `model.layers.{L}.mlp.gate.weight`, each (num_experts, hidden), one per MoE layer.
 
     Raises:
         ValueError: an expert file lacks a MoE layer or has the wrong shapes, or a dense layer
@@ -228,8 +231,14 @@ def assemble_moe_checkpoint(
     tensors.update({key: value.to(dtype) for key, value in experts.items()})
     generator = torch.Generator().manual_seed(seed)
     for layer in sorted(moe):
+        key = f"model.layers.{layer}.mlp.gate.weight"
         router = torch.randn(text.num_experts, hidden, generator=generator) * text.initializer_range
-        tensors[f"model.layers.{layer}.mlp.gate.weight"] = router.to(dtype)
+        if routers is not None:
+            if key not in routers or tuple(routers[key].shape) != (text.num_experts, hidden):
+                got = tuple(routers[key].shape) if key in routers else "missing"
+                raise ValueError(f"router init {key}: expected shape {(text.num_experts, hidden)}, got {got}.")
+            router = routers[key]
+        tensors[key] = router.to(dtype)
 
     _save_checkpoint(config, tensors, base_dir, output_dir)
     provenance = {"base": str(base_dir), "experts": [str(resolve_expert_file(f)) for f in expert_files]}

@@ -26,6 +26,7 @@ accelerate launch --config_file trl_scripts/configs/zero2.yaml trl_scripts/stage
 from pathlib import Path
 
 from accelerate import PartialState
+from safetensors.torch import load_file
 
 from unimoe_trl.arguments import ModelArguments, Stage3Arguments, UniMoeScriptArguments, UniMoeTrainingArguments
 from unimoe_trl.experts import assemble_moe_checkpoint, merge_lora_checkpoint
@@ -48,6 +49,7 @@ def build_base(model_args: ModelArguments, training_args: UniMoeTrainingArgument
             num_experts_per_tok=stage_args.num_experts_per_tok,
             router_type=stage_args.router_type,
             seed=training_args.seed,
+            routers=None if stage_args.router_init is None else load_file(stage_args.router_init),
         )
     state.wait_for_everyone()
     return base
