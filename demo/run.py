@@ -48,12 +48,13 @@ class DemoSettings:
 
 
 QUICK = DemoSettings(
-    sizes=TaskSizes(caption=60, instruct=80, stage3=20, mixed=60, test=20),
-    lm_pretrain_steps=60,
-    encoder_pretrain_steps=40,
-    stage1=StageSettings(steps=60, learning_rate=3e-3, batch_size=8),
-    stage2=StageSettings(steps=20, learning_rate=2e-3, batch_size=8),
-    stage3=StageSettings(steps=30, learning_rate=1e-3, batch_size=8),
+    sizes=TaskSizes(caption=100, instruct=150, stage3=50, mixed=100, test=20),
+    lm_pretrain_steps=300,
+    encoder_pretrain_steps=200,
+    stage1=StageSettings(steps=150, learning_rate=2e-3),
+    stage2=StageSettings(steps=30, learning_rate=2e-3),
+    stage3=StageSettings(steps=80, learning_rate=1e-3),
+    router_warm_start_items=8,
     dataloader_workers=0,
 )
 
@@ -297,8 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = replace(QUICK if args.quick else DemoSettings(), seed=args.seed)
     print(
         "Uni-MoE demo: a tiny model trained from scratch on a synthetic multimodal task.\n"
-        "Its LM is first pre-trained on the task's text and its encoders on labelled training media "
-        "(the released model starts from pre-trained Vicuna/CLIP/Whisper/BEATs); then the three Uni-MoE stages run.",
+        "Its LM is first pre-trained on the task's text, and its encoders (and the speech/audio aligners) on\n"
+        "labelled training media: the released model starts from pre-trained Vicuna/CLIP/Whisper/BEATs, this one\n"
+        "from nothing. Then the three Uni-MoE stages run with the real trl_scripts.",
         flush=True,
     )
     run_demo(args.output_dir, settings)
