@@ -14,6 +14,7 @@ the tiny model. `tiny_config()` is the one tiny-config factory shared by tests, 
 import argparse
 import functools
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -131,14 +132,18 @@ def tiny_config(
 
 
 @functools.cache
-def tiny_sentencepiece_model(vocab_size: int = 400) -> bytes:
+def tiny_sentencepiece_model(
+    vocab_size: int = 400, corpus: Sequence[str] | None = None, max_piece_length: int = 16
+) -> bytes:
     """The serialised tiny sentencepiece BPE model (LLaMA's layout: unk 0, bos 1, eos 2, byte
-    fallback, dummy prefix, no whitespace folding). Deterministic: one training thread."""
+    fallback, dummy prefix, no whitespace folding), trained on `corpus` (default: a few
+    sentences covering the chat template and the test prompts). Deterministic: one training thread."""
     import sentencepiece as spm
 
+    lines = list(_TOKENIZER_CORPUS if corpus is None else corpus)
     with tempfile.TemporaryDirectory() as tmp:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(_TOKENIZER_CORPUS * 20),
+            sentence_iterator=iter(lines * 20),
             model_prefix=str(Path(tmp) / "tokenizer"),
             vocab_size=vocab_size,
             model_type="bpe",
@@ -154,18 +159,21 @@ def tiny_sentencepiece_model(vocab_size: int = 400) -> bytes:
             hard_vocab_limit=False,
             minloglevel=2,
             num_threads=1,
+            max_sentencepiece_length=max_piece_length,
         )
         return (Path(tmp) / "tokenizer.model").read_bytes()
 
 
-def build_tiny_tokenizer(vocab_size: int = 400):
-    """The tiny sentencepiece model as a `transformers` LLaMA tokenizer: BOS added, as LLaMA's,
-    placeholder tokens `<image> <video> <speech> <audio>` as added special tokens (ids
-    `vocab_size`..`vocab_size + 3`), pad = unk = 0 as the official model."""
+def build_tiny_tokenizer(vocab_size: int = 400, corpus: Sequence[str] | None = None, max_piece_length: int = 16):
+    """The tiny sentencepiece model (`tiny_sentencepiece_model`) as a `transformers` LLaMA
+    tokenizer: BOS added, as LLaMA's, placeholder tokens `<image> <video> <speech> <audio>` as
+    added special tokens (ids `vocab_size`..`vocab_size + 3`), pad = unk = 0 as the official model."""
     from transformers import LlamaTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "tokenizer.model").write_bytes(tiny_sentencepiece_model(vocab_size))
+        corpus = None if corpus is None else tuple(corpus)  # hashable: the model is cached
+        model = tiny_sentencepiece_model(vocab_size, corpus, max_piece_length)
+        (Path(tmp) / "tokenizer.model").write_bytes(model)
         tokenizer = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True)
     tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDER_TOKENS)})
     tokenizer.pad_token = tokenizer.unk_token

@@ -12,16 +12,13 @@ with a one-sentence system prompt (`DEMO_SYSTEM_PROMPT`): the official one is 29
 ~60 tokens per sample.
 """
 
-import tempfile
-from pathlib import Path
-
 from modeling_unimoe import UniMoeConfig, UniMoeProcessor
 from modeling_unimoe.feature_extraction_unimoe import UniMoeBeatsFeatureExtractor
 from modeling_unimoe.processing_unimoe import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT
+from unimoe_conversion.tiny_checkpoint import build_tiny_tokenizer
 
 from .synthetic_task import AUDIO_SLOTS, QUADRANT_WORDS, SPEECH_SLOTS, VIDEO_FRAMES, text_corpus
 
-PLACEHOLDER_TOKENS = ("<image>", "<video>", "<speech>", "<audio>")
 DEMO_SYSTEM_PROMPT = "Answer the user's questions."
 WINDOW_SECONDS = 2  # speech and audio feature windows (the released model: 30)
 IMAGE_SIZE, PATCH_SIZE = 28, 14  # 2 x 2 patches: one per quadrant
@@ -82,41 +79,16 @@ AUDIO_QFORMER = dict(
 
 
 def train_tokenizer(corpus: list[str] | None = None, vocab_size: int = 768):
-    """A LLaMA-layout sentencepiece BPE tokenizer (unk 0, bos 1, eos 2, byte fallback) trained on
-    `corpus` (default: the synthetic task's words) plus the chat template's words, with the four
-    placeholder tokens added after the vocabulary. Deterministic (one training thread).
+    """The tiny-checkpoint tokenizer recipe (LLaMA-layout sentencepiece BPE, placeholders after
+    the vocabulary) trained on `corpus` (default: the synthetic task's words) plus the chat
+    template's words, with pieces long enough for every slot word to be one token.
 
     Raises:
         ValueError: a slot word is not one token (`vocab_size` too small).
     """
-    import sentencepiece as spm
-    from transformers import LlamaTokenizer
-
     lines = [*(corpus if corpus is not None else text_corpus()), DEMO_SYSTEM_PROMPT, DEFAULT_SYSTEM_PROMPT]
     lines.append("USER: ASSISTANT:")
-    with tempfile.TemporaryDirectory() as tmp:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines * 20),
-            model_prefix=str(Path(tmp) / "tokenizer"),
-            vocab_size=vocab_size,
-            model_type="bpe",
-            byte_fallback=True,
-            split_digits=True,
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=-1,
-            character_coverage=1.0,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            hard_vocab_limit=False,
-            minloglevel=2,
-            num_threads=1,
-            max_sentencepiece_length=24,  # "▁yellowtrianglenw" is one piece
-        )
-        tokenizer = LlamaTokenizer.from_pretrained(tmp, add_bos_token=True)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDER_TOKENS)})
-    tokenizer.pad_token = tokenizer.unk_token  # as the official model: pad = unk = 0
+    tokenizer = build_tiny_tokenizer(vocab_size, lines, max_piece_length=24)  # "▁yellowtrianglenw" is one piece
     split = [word for word in QUADRANT_WORDS if len(tokenizer.tokenize(" " + word)) != 1]
     if split:
         raise ValueError(f"slot words {split} are not single tokens with vocab_size={vocab_size}.")
