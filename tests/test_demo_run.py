@@ -17,10 +17,14 @@ def quick_run(tmp_path_factory):
 
 
 def test_image_and_audio_answers_are_above_chance(quick_run):
-    # Above both uniform chance and always giving the most common training answer.
+    # Above uniform chance by a margin, and above always giving the most common training answer.
     for modality in ("image", "audio"):
-        floor = max(CHANCE, quick_run.baseline[modality])
-        assert quick_run.accuracy[modality] > floor + 0.1, (modality, quick_run.accuracy, quick_run.baseline)
+        accuracy = quick_run.accuracy[modality]
+        assert accuracy > CHANCE + 0.15 and accuracy > quick_run.baseline[modality], (
+            modality,
+            quick_run.accuracy,
+            quick_run.baseline,
+        )
 
 
 def test_every_modality_is_answered_and_reported(quick_run):
