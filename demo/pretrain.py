@@ -336,7 +336,8 @@ def _aligner_outputs(model: UniMoeForConditionalGeneration, modality: str, encod
 
 
 def _encoder_outputs(model: UniMoeForConditionalGeneration, modality: str, inputs: dict) -> torch.Tensor:
-    """What each connector reads: (batch, positions, width)."""
+    """What each connector reads: (batch, positions, width); for BEATs its patches, time-major
+    (`_per_column` averages them into one row per 160-ms column for the per-column heads)."""
     inner = model.model
     if modality == "image":
         config = model.config
