@@ -1,13 +1,20 @@
 """Uni-MoE's sparse MoE block vs a dense SwiGLU MLP with the same active FLOPs and vs
 `transformers`' MixtralSparseMoeBlock (its fastest experts implementation), on CPU.
 
-    python benchmarks/bench_moe.py [--tokens 1 64 512 2048] [--repeats 3] [--hidden 4096 --intermediate 11008]
+    python benchmarks/bench_moe.py [--tokens 1 64 512 2048] [--repeats 3] [--passes fwd fwd+bwd] [--hidden 4096 --intermediate 11008]
 
-Every row is measured in this one run, the three modules interleaved repeat by repeat and the
-median kept, so the printed ratios compare like with like. Peak memory is the growth of the
+Every row is measured in this one run, the three modules interleaved repeat by repeat (5x the
+repeats below 512 tokens) and the median kept, so the printed ratios compare like with like. Peak memory is the growth of the
 process's peak resident set over one call (Linux `VmHWM`, reset through `/proc/self/clear_refs`).
 All three modules share the same expert weights, and all route every token to the same experts.
 """
+
+import os
+
+# Back large tensors with transparent huge pages. Without them a GEMV's speed depends on where the
+# kernel happened to place each weight's pages: the same 1-token expert ran 4-8 % apart on two
+# copies of the same weights, more than the differences measured here.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import argparse
 import statistics
@@ -104,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 64, 512, 2048])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--passes", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--intermediate", type=int, default=11008)
     parser.add_argument("--experts", type=int, default=4)
@@ -125,13 +133,17 @@ def main() -> None:
     for num_tokens in args.tokens:
         x = torch.randn(1, num_tokens, args.hidden)
         implementation = fastest_mixtral_implementation(modules["mixtral"], x, args.repeats)
-        for backward in (False, True):
+        for backward in [name == "fwd+bwd" for name in args.passes]:
             times = {name: [] for name in modules}
             peaks = {name: 0.0 for name in modules}
-            if num_tokens < 512:  # warm-up; at larger sizes the GEMMs dwarf first-call costs
+            repeats = args.repeats
+            if num_tokens < 512:
+                # Sub-second rows: warm up, and take 5x the samples, since their ratios otherwise
+                # move by a few per cent between runs. At larger sizes the GEMMs dwarf both.
+                repeats *= 5
                 for module in modules.values():
                     run_once(module, x, backward)
-            for _ in range(args.repeats):
+            for _ in range(repeats):
                 for name, module in modules.items():
                     seconds, peak = run_once(module, x, backward)
                     times[name].append(seconds)

@@ -103,3 +103,23 @@ def test_load_balancing_loss_ignores_padding_tokens():
     loss_padded = load_balancing_loss((padded.reshape(-1, 4),), top_k=2, attention_mask=mask)
     torch.testing.assert_close(loss_padded, loss_real)
     assert not torch.allclose(load_balancing_loss((padded.reshape(-1, 4),), top_k=2), loss_real)
+
+
+def test_mlp_cpu_fp32_transposed_path_equals_linear_path_and_wrapped_projections_keep_their_hooks():
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    from modeling_unimoe.moe import UniMoeMLP
+
+    config = tiny_config().text_config
+    mlp = UniMoeMLP(config)
+    x = torch.randn(2, 5, config.hidden_size)
+    torch.testing.assert_close(mlp(x), LlamaMLP.forward(mlp, x), rtol=1e-5, atol=1e-6)
+
+    # A hooked projection (as PEFT, bitsandbytes or Accelerate wrap them) must still be called.
+    calls = []
+    mlp.up_proj.register_forward_hook(lambda *_: calls.append(1))
+    torch.testing.assert_close(mlp(x), LlamaMLP.forward(mlp, x), rtol=0, atol=0)
+    assert len(calls) == 2
+
+    mlp_bf16 = UniMoeMLP(config).to(torch.bfloat16)
+    torch.testing.assert_close(mlp_bf16(x.bfloat16()), LlamaMLP.forward(mlp_bf16, x.bfloat16()), rtol=0, atol=0)
