@@ -78,7 +78,7 @@ AUDIO_QFORMER = dict(
 )
 
 
-def train_tokenizer(corpus: list[str] | None = None, vocab_size: int = 768):
+def train_tokenizer(corpus: list[str] | None = None, vocab_size: int = 800):
     """The tiny-checkpoint tokenizer recipe (LLaMA-layout sentencepiece BPE, placeholders after
     the vocabulary) trained on `corpus` (default: the synthetic task's words) plus the chat
     template's words, with pieces long enough for every slot word to be one token.

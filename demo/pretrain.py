@@ -311,7 +311,7 @@ def _audio_task(model, processor, paths: list[Path], labels: list[dict]) -> _Enc
 QUERY_HEAD = "query"
 SLOT_WORDS = {
     "speech": [*WORDS, SILENCE],
-    "audio": [*SOUND_KINDS, *NOTES, NO_NOTE, *(loudness.replace(" ", "") for loudness in LOUDNESS), *COUNTS],
+    "audio": [*SOUND_KINDS, *NOTES, NO_NOTE, *LOUDNESS, *COUNTS],
 }
 
 

@@ -37,7 +37,7 @@ class DemoSettings:
     lm_pretrain_steps: int = 600
     lm_pretrain_lr: float = 3e-3
     encoder_pretrain_steps: int = 400
-    stage1: StageSettings = StageSettings(steps=250, learning_rate=2e-3)
+    stage1: StageSettings = StageSettings(steps=400, learning_rate=2e-3)
     stage2: StageSettings = StageSettings(steps=100, learning_rate=2e-3)
     stage3: StageSettings = StageSettings(steps=250, learning_rate=1e-3)
     router_warm_start: bool = True  # stage-3 routers start at the modality centroids (`router_init.py`)
