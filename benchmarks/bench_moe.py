@@ -4,8 +4,9 @@
     python benchmarks/bench_moe.py [--tokens 1 64 512 2048] [--repeats 3] [--passes fwd fwd+bwd] [--hidden 4096 --intermediate 11008]
 
 Every row is measured in this one run, the three modules interleaved repeat by repeat (5x the
-repeats below 512 tokens) and the median kept, so the printed ratios compare like with like. Peak memory is the growth of the
-process's peak resident set over one call (Linux `VmHWM`, reset through `/proc/self/clear_refs`).
+repeats below 512 tokens) and the median kept, so the printed ratios compare like with like.
+Peak memory is the growth of the process's peak resident set over one call (Linux `VmHWM`, reset
+through `/proc/self/clear_refs`).
 All three modules share the same expert weights, and all route every token to the same experts.
 """
 

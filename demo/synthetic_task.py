@@ -55,8 +55,8 @@ DIRECTIONS = ("left", "right", "up", "down")
 SOUND_KINDS = ("tone", "chord", "noise", "sweep")
 # Four pitch classes, each in its own octave (C4, E5, G6, B6) so they lie far apart on the mel scale.
 NOTES = {"C": 261.63, "E": 659.26, "G": 1567.98, "B": 1975.53}
-# RMS, 13 dB apart. One distinct word each: as "very loud" and "loud", the two nearest answers
-# shared a word, and the connector confused exactly those pairs (`docs/quickstart.md`).
+# RMS, 13 dB apart, one distinct word each. As "very loud" / "loud" and "quiet" / "very quiet",
+# neighbours sharing a word, they were what the stage-1 connector confused most (`docs/quickstart.md`).
 LOUDNESS = {"faint": 0.004, "soft": 0.018, "loud": 0.08, "booming": 0.35}
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 QUESTION_WORDS = ("colour", "shape", "count", "where")

@@ -24,7 +24,7 @@ from .configuration_unimoe import UniMoeTextConfig
 
 
 class UniMoeMLP(LlamaMLP):
-    """Dense SwiGLU MLP of the layers without MoE."""
+    """SwiGLU MLP: the dense MLP of the layers without MoE, and the base of each expert."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         projections = (self.gate_proj, self.up_proj, self.down_proj)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import LlamaMLP
 
-from modeling_unimoe.moe import UniMoeSparseMoeBlock, load_balancing_loss
+from modeling_unimoe.moe import UniMoeMLP, UniMoeSparseMoeBlock, load_balancing_loss
 from unimoe_conversion.tiny_checkpoint import tiny_config
 
 
@@ -106,10 +107,6 @@ def test_load_balancing_loss_ignores_padding_tokens():
 
 
 def test_mlp_cpu_fp32_transposed_path_equals_linear_path_and_wrapped_projections_keep_their_hooks():
-    from transformers.models.llama.modeling_llama import LlamaMLP
-
-    from modeling_unimoe.moe import UniMoeMLP
-
     config = tiny_config().text_config
     mlp = UniMoeMLP(config)
     x = torch.randn(2, 5, config.hidden_size)
