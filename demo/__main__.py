@@ -1,5 +1,5 @@
 """`python -m unimoe_demo`: the same as `unimoe-demo`."""
 
-from .run import main
+from .cli import main
 
 main()

@@ -151,7 +151,7 @@ class TaskSizes:
     instruct: int = 400
     stage3: int = 200
     mixed: int = 300
-    test: int = 40
+    test: int = 80
 
 
 @dataclass

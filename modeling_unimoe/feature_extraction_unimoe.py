@@ -6,8 +6,9 @@ window, pre-emphasis 0.97, DC offset removed, waveform scaled to 16-bit range), 
 frames). The last chunk is padded by repeating its last sample; `audio_padding_mask` marks the
 frames made only of padding (official sample -> frame mapping).
 
-The fbank is computed with `transformers.audio_utils` (numpy), so torchaudio is not needed; with
-`fbank_backend="torchaudio"` it is `torchaudio.compliance.kaldi.fbank`, as in the official code.
+The fbank is computed with numpy, all frames at once (filters and window from
+`transformers.audio_utils`), so torchaudio is not needed; with `fbank_backend="torchaudio"` it
+is `torchaudio.compliance.kaldi.fbank`, as in the official code.
 
 This file travels with every saved checkpoint (remote code).
 """
@@ -16,8 +17,9 @@ import math
 import warnings
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from transformers import BatchFeature, SequenceFeatureExtractor
-from transformers.audio_utils import mel_filter_bank, optimal_fft_length, spectrogram_batch, window_function
+from transformers.audio_utils import mel_filter_bank, optimal_fft_length, window_function
 
 KALDI_LOG_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi's log floor (torchaudio `EPSILON`)
 
@@ -52,7 +54,7 @@ class UniMoeBeatsFeatureExtractor(SequenceFeatureExtractor):
             official code silently drops what follows 10 minutes).
         frame_length_ms, frame_shift_ms (`float`, defaults to 25 and 10): Kaldi framing.
         fbank_mean, fbank_std (`float`): BEATs normalisation, `(fbank - mean) / (2 * std)`.
-        fbank_backend (`str`, defaults to `"numpy"`): `"numpy"` (`transformers.audio_utils`) or
+        fbank_backend (`str`, defaults to `"numpy"`): `"numpy"` (vectorised, float64) or
             `"torchaudio"` (`torchaudio.compliance.kaldi.fbank`, must be installed).
 
     Returns (`__call__`): `audio_input_features` float32 `(num_chunks, 2998, 128)` for all chunks
@@ -147,23 +149,18 @@ class UniMoeBeatsFeatureExtractor(SequenceFeatureExtractor):
         if self.fbank_backend == "torchaudio":
             features = self._torchaudio_fbank(scaled)
         else:
-            features = spectrogram_batch(
-                list(scaled),
-                self.window,
-                frame_length=self.frame_length,
-                hop_length=self.hop_length,
-                fft_length=self.fft_length,
-                power=2.0,
-                center=False,
-                preemphasis=0.97,
-                mel_filters=self.mel_filters,
-                mel_floor=KALDI_LOG_FLOOR,
-                log_mel="log",
-                remove_dc_offset=True,
-                dtype=np.float32,
-            )
-            features = np.stack([f.T for f in features])
+            features = np.stack([self._numpy_fbank(chunk) for chunk in scaled])
         return ((features - self.fbank_mean) / (2 * self.fbank_std)).astype(np.float32)
+
+    def _numpy_fbank(self, samples: np.ndarray) -> np.ndarray:
+        """Kaldi's fbank of one chunk, all frames at once (`audio_utils.spectrogram` loops over
+        frames in Python: 15 times slower on a 2 s chunk)."""
+        frames = sliding_window_view(samples, self.frame_length)[:: self.hop_length][: self.num_frames]
+        frames = frames - frames.mean(axis=-1, keepdims=True)
+        # Kaldi pre-emphasises each frame on its own; the first sample is its own predecessor.
+        frames = np.concatenate([frames[:, :1], frames[:, :-1]], axis=-1) * -0.97 + frames
+        power = np.abs(np.fft.rfft(frames * self.window, n=self.fft_length)) ** 2
+        return np.log(np.maximum(power @ self.mel_filters, KALDI_LOG_FLOOR)).astype(np.float32)
 
     def _torchaudio_fbank(self, scaled: np.ndarray) -> np.ndarray:
         import torch
