@@ -12,7 +12,7 @@ import os
 
 def main(argv: list[str] | None = None) -> None:
     # torch's OpenMP threads spin between parallel regions by default. On a 2-core machine they
-    # keep the core the DataLoader worker decodes media on: the stages run 1.6x faster without
+    # keep the core the DataLoader worker decodes media on: stage 1 runs 1.4x faster without
     # it. libgomp reads this once, when torch is first imported, hence the late imports below.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
