@@ -116,7 +116,7 @@ class SlotEmbedding(nn.Module):
         weights = torch.zeros(vocab, width)
         weights[:, 0] = 1.0
         for word, words in components.items():
-            ids = [_single_token(tokenizer, w) for w in [word, *words]]
+            ids = [single_token(tokenizer, w) for w in [word, *words]]
             parts[ids[0], : len(words)] = torch.tensor(ids[1:])
             weights[ids[0]] = 0.0
             weights[ids[0], : len(words)] = len(words) ** -0.5
@@ -127,7 +127,7 @@ class SlotEmbedding(nn.Module):
         return (self.embed_tokens(self.parts[input_ids]) * self.weights[input_ids][..., None]).sum(dim=-2)
 
 
-def _single_token(tokenizer, word: str) -> int:
+def single_token(tokenizer, word: str) -> int:
     pieces = tokenizer.tokenize(" " + word)
     if len(pieces) != 1:
         raise ValueError(f"{word!r} is not one token ({pieces}); retrain the tokenizer with a larger vocabulary.")

@@ -37,6 +37,7 @@ class DemoSettings:
     stage1: StageSettings = StageSettings(steps=400, learning_rate=2e-3)
     stage2: StageSettings = StageSettings(steps=100, learning_rate=2e-3)
     stage3: StageSettings = StageSettings(steps=250, learning_rate=1e-3)
+    connector_warm_start: bool = True  # projectors' last layers start at least squares (`connector_init.py`)
     router_warm_start: bool = True  # stage-3 routers start at the modality centroids (`router_init.py`)
     router_warm_start_items: int = 16  # stage-2 items per modality the centroids are taken over
     seed: int = 0
@@ -150,6 +151,7 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(), qu
 
     from modeling_unimoe import UniMoeForConditionalGeneration, UniMoeProcessor
 
+    from .connector_init import warm_start_connectors
     from .evaluate import answer_questions, majority_baseline
     from .pretrain import pretrain_encoders, pretrain_language_model
     from .report import accuracy_table, plot_routing, routing_table
@@ -185,6 +187,16 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(), qu
         seed=s.seed,
         progress=_progress_printer("encoder pre-training", s.encoder_pretrain_steps, quiet),
     )
+    if s.connector_warm_start:
+        slots = [r for r in _load_json(task.stage1) if r["question_type"] == "slots"]
+        r2 = warm_start_connectors(
+            model, processor, {m: [r for r in slots if r["modality"] == m] for m in EXPERT_ORDER}, task.root
+        )
+        if not quiet:
+            print(
+                "  connector warm start (least squares onto the slot words), R²: "
+                + ", ".join(f"{m} {v:.2f}" for m, v in r2.items())
+            )
     stage0 = output_dir / "stage0-pretrained"
     model.save_pretrained(stage0)
     processor.save_pretrained(stage0)

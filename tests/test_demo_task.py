@@ -178,3 +178,72 @@ def test_centroid_router_puts_each_centroid_on_its_own_expert():
     torch.testing.assert_close(mean_logits, torch.zeros(4), atol=1e-4, rtol=0)  # no expert favoured by the mean
     torch.testing.assert_close(logits.diagonal(), torch.full((4,), 2.0))
     assert torch.equal(logits.argmax(dim=1), torch.arange(4))
+
+
+def test_ridge_solution_recovers_a_linear_map_and_matches_lstsq():
+    from unimoe_demo.connector_init import ridge_solution
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(200, 8, generator=generator, dtype=torch.float64) * 3 + 1
+    weight, bias = torch.randn(5, 8, generator=generator, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    found_weight, found_bias = ridge_solution(inputs, inputs @ weight.T + bias, ridge=0.0)
+    torch.testing.assert_close(found_weight, weight)
+    torch.testing.assert_close(found_bias, bias)
+    # With noise, ridge=0 is ordinary least squares with an intercept column.
+    targets = inputs @ weight.T + bias + torch.randn(200, 5, generator=generator, dtype=torch.float64)
+    found_weight, found_bias = ridge_solution(inputs, targets, ridge=0.0)
+    design = torch.cat([inputs, torch.ones(200, 1, dtype=torch.float64)], dim=1)
+    reference = torch.linalg.lstsq(design, targets).solution
+    torch.testing.assert_close(torch.cat([found_weight.T, found_bias[None]]), reference)
+    # Ridge shrinks the weights.
+    shrunk, _ = ridge_solution(inputs, targets, ridge=1.0)
+    assert shrunk.norm() < found_weight.norm()
+
+
+def test_connector_warm_start_solves_ridge_regression_onto_the_slot_words(task):
+    # Each record through the model's own feature path, one at a time (so media tokens and slot
+    # words pair up without relying on batch order): the projector's new last layer must zero the
+    # ridge objective's gradient, sum_t (output_t - slot_t) [x_t, 1] + penalty [W, 0] = 0.
+    from unimoe_demo.connector_init import RIDGE, last_linear, warm_start_connectors
+    from unimoe_demo.pretrain import SlotEmbedding, single_token
+    from unimoe_demo.run import _dense_processor_and_model
+    from unimoe_demo.synthetic_task import SINGLE_MODALITIES, slot_components
+    from unimoe_trl.collator import UniMoeDataCollator
+
+    processor, model = _dense_processor_and_model(task, seed=0)
+    slots = [r for r in json.loads(task.stage1.read_text()) if r["question_type"] == "slots"]
+    records = {m: [r for r in slots if r["modality"] == m] for m in SINGLE_MODALITIES}
+    r2 = warm_start_connectors(model, processor, records, task.root)
+    assert set(r2) == {"image+video", "speech", "audio"}
+
+    collator = UniMoeDataCollator(processor, 512, "placeholder", task.root)
+    embed = SlotEmbedding(model.get_input_embeddings(), processor.tokenizer, slot_components())
+    features = {
+        "image": lambda b: model.get_image_features(b["pixel_values"]),
+        "video": lambda b: model.get_video_features(b["pixel_values_videos"]),
+        "speech": lambda b: model.get_speech_features(b["input_features"]),
+        "audio": lambda b: model.get_audio_features(b["audio_input_features"], b["audio_padding_mask"]),
+    }
+    per_layer = {}
+    with torch.no_grad():
+        for modality, rows in records.items():
+            layer = last_linear(model, modality)
+            for row in rows:
+                captured = []
+                handle = layer.register_forward_pre_hook(lambda module, args, into=captured: into.append(args[0]))
+                output = features[modality](collator([row]))
+                handle.remove()
+                words = row["conversations"][1]["value"].split()
+                slot = embed(torch.tensor([single_token(processor.tokenizer, w) for w in words]))
+                x = captured[0].reshape(len(words), -1)
+                entry = per_layer.setdefault(id(layer), (layer, [], []))
+                entry[1].append(x)
+                entry[2].append(output.reshape(len(words), -1) - slot)
+    assert len(per_layer) == 3
+    for layer, xs, residuals in per_layer.values():
+        x, residual = torch.cat(xs).double(), torch.cat(residuals).double()
+        penalty = RIDGE * (x - x.mean(0)).pow(2).mean() * len(x)
+        gradient = residual.T @ x + penalty * layer.weight.double()
+        scale = (residual.T.abs() @ x.abs()).max()
+        assert gradient.abs().max() < 1e-3 * scale
+        assert residual.sum(0).abs().max() < 1e-3 * residual.abs().sum(0).max()
