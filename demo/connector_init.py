@@ -3,11 +3,12 @@ least-squares map from its inputs to the embeddings of the slot words.
 
 Stage 1 trains the connectors to turn media into the slot words the language model read in its
 text pre-training (`synthetic_task.transcribe`). The pre-trained aligners hold what those words
-say, but in low-variance directions of their outputs: the least-squares map that reads them has
-weights 3-4 times the norm the projector reaches in the demo's 400 stage-1 steps, and at that
-norm the loudness and pitch slots of the sounds come out as their neighbours (`quickstart.md`).
-So the demo solves the last linear layer of every projector in closed form on the stage-1
-'slots' captions (ridge regression, inputs as stage 1 sees them), then runs stage 1 as usual.
+say, but in low-variance directions of their outputs: for the audio Q-Former the least-squares
+map that reads them has 2.6 times the weight norm the projector reached in the demo's 400
+stage-1 steps (7.0 against 2.7), and short of it the loudness slot came out as its neighbour
+(`docs/quickstart.md`). So the demo solves the last linear layer of every projector in closed
+form on the stage-1 'slots' captions (ridge regression, inputs as stage 1 sees them), then runs
+stage 1 as usual.
 """
 
 from collections.abc import Mapping, Sequence

@@ -4,8 +4,9 @@ the command line is `cli.py`):
 1. writes the task (PNG images, MP4 videos, WAV speech and sounds, official JSON splits);
 2. builds a tiny dense Uni-MoE from scratch and pre-trains its language model on the task's text
    and its encoders on per-patch labels (the released model starts from pre-trained parts);
-3. stage 1 (connectors), stage 2 (one dense run per modality), stage 3 (MoE from the four
-   stage-2 MLPs, LoRA + routers) with the real `unimoe_trl` stage scripts;
+3. stage 1 (connectors; their last layers start at a least-squares fit, `connector_init.py`),
+   stage 2 (one dense run per modality), stage 3 (MoE from the four stage-2 MLPs, LoRA +
+   routers) with the real `unimoe_trl` stage scripts;
 4. saves the MoE as a Hub folder, reloads it with `pipeline("any-to-text", trust_remote_code=True)`,
    answers the held-out questions and prints exact match per modality (dense stage-2 models
    beside the MoE) and each expert's share of every modality's media tokens; writes
