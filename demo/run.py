@@ -41,6 +41,7 @@ class DemoSettings:
     connector_warm_start: bool = True  # projectors' last layers start at least squares (`connector_init.py`)
     router_warm_start: bool = True  # stage-3 routers start at the modality centroids (`router_init.py`)
     router_warm_start_items: int = 16  # stage-2 items per modality the centroids are taken over
+    stage3_trains_projectors: bool = False  # official: True; here stage 3 moved them off (quickstart.md)
     seed: int = 0
     dataloader_workers: int = 1
     max_test_questions: int | None = None  # per modality; None = all of them
@@ -225,7 +226,15 @@ def run_demo(output_dir: str | Path, settings: DemoSettings = DemoSettings(), qu
             output_dir / "stage1", samples, task.root, layers, output_dir / "router_init.safetensors"
         )
     result3 = run_stage3(
-        output_dir / "stage1", expert_dirs, task.stage3, output_dir / "stage3", s.stage3, s.seed, workers, router_init
+        output_dir / "stage1",
+        expert_dirs,
+        task.stage3,
+        output_dir / "stage3",
+        s.stage3,
+        s.seed,
+        workers,
+        router_init,
+        s.stage3_trains_projectors,
     )
 
     banner("save", "saving the Hub folder and reloading it with pipeline('any-to-text')")

@@ -87,10 +87,11 @@ def run_stage3(
     seed: int = 0,
     workers: int = 1,
     router_init: Path | None = None,
+    train_projectors: bool = True,
 ) -> StageResult:
     """Stage 3: the MoE built from the stage-2 experts (expert k ← `expert_dirs[k]`), LoRA on
-    attention and experts, routers (starting from `router_init` if given) and projectors trained
-    fully; writes `output_dir/merged`."""
+    attention and experts, routers (starting from `router_init` if given) and, if
+    `train_projectors`, the projectors trained fully; writes `output_dir/merged`."""
     return stage3.main(
         _script_args(dataset),
         _training_args(output_dir, settings, seed, workers),
@@ -98,6 +99,7 @@ def run_stage3(
         Stage3Arguments(
             expert_files=[str(path) for path in expert_dirs],
             router_init=None if router_init is None else str(router_init),
+            train_projectors=train_projectors,
         ),
     )
 

@@ -29,7 +29,7 @@ from unimoe_trl.experts import (
     read_tensors,
 )
 from unimoe_trl.sampler import ModalityLengthGroupedSampler
-from unimoe_trl.stages import apply_stage, lora_config, trainable_parameter_names
+from unimoe_trl.stages import apply_stage, get_stage, lora_config, trainable_parameter_names, without_projectors
 from unimoe_trl.trainer import UniMoeTrainer, UniMoeTrainingArguments
 
 CONFIGS = Path(__file__).parent.parent / "trl_scripts" / "configs"
@@ -272,10 +272,13 @@ def test_stage2_trains_exactly_the_dense_mlps():
     assert set(trainable_parameter_names(model)) == expected
 
 
-def test_stage3_trains_lora_routers_and_projectors():
+@pytest.mark.parametrize("train_projectors", [True, False])
+def test_stage3_trains_lora_routers_and_projectors(train_projectors):
     from peft import get_peft_model
 
-    model = get_peft_model(base := UniMoeForConditionalGeneration(tiny_config()), lora_config(base))
+    base = UniMoeForConditionalGeneration(tiny_config())
+    stage = get_stage("stage3") if train_projectors else without_projectors(get_stage("stage3"))
+    model = get_peft_model(base, lora_config(base, stage))
     prefix = "base_model.model.model."
     expected = set()
     for layer in range(2):
@@ -283,10 +286,13 @@ def test_stage3_trains_lora_routers_and_projectors():
         targets += [f"mlp.experts.{e}.{p}" for e in range(4) for p in ("gate_proj", "up_proj", "down_proj")]
         expected |= {f"{prefix}layers.{layer}.{t}.lora_{ab}.default.weight" for t in targets for ab in "AB"}
         expected.add(f"{prefix}layers.{layer}.mlp.gate.modules_to_save.default.weight")
-    for projector in ("mm_projector.0", "mm_projector.2", "speech_projector", "audio_projector"):
-        expected |= {f"{prefix}{projector}.modules_to_save.default.{p}" for p in ("weight", "bias")}
+    if train_projectors:
+        for projector in ("mm_projector.0", "mm_projector.2", "speech_projector", "audio_projector"):
+            expected |= {f"{prefix}{projector}.modules_to_save.default.{p}" for p in ("weight", "bias")}
+    else:
+        assert "projectors frozen" in stage.description and "projectors full" not in stage.description
     assert set(trainable_parameter_names(model)) == expected
-    config = lora_config(base)
+    config = lora_config(base, stage)
     assert (config.r, config.lora_alpha, config.lora_dropout) == (8, 16, 0.05)
 
 

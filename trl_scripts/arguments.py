@@ -80,6 +80,13 @@ class Stage3Arguments:
             "(num_experts, hidden) tensor per MoE layer); default: drawn N(0, initializer_range) as officially."
         },
     )
+    train_projectors: bool = field(
+        default=True,
+        metadata={
+            "help": "Train the mm/speech/audio projectors fully, as officially; False keeps the stage-1 "
+            "connectors as they are (the demo: at its high learning rates stage 3 moved them off)."
+        },
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (official 8)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (official 16)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (official 0.05)."})

@@ -11,7 +11,7 @@ from modeling_unimoe import UniMoeForConditionalGeneration, UniMoeProcessor
 from .arguments import ModelArguments, UniMoeScriptArguments
 from .collator import SKIP_REASONS, UniMoeDataCollator
 from .data import DataReport, build_dataset, tokens_per_item
-from .stages import apply_stage, get_stage
+from .stages import Stage, apply_stage, get_stage
 from .trainer import UniMoeTrainer, UniMoeTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -120,7 +120,7 @@ def check_encoders(model: UniMoeForConditionalGeneration, report: DataReport) ->
 
 
 def run_stage(
-    stage: str,
+    stage: str | Stage,
     model: UniMoeForConditionalGeneration,
     processor: UniMoeProcessor,
     script_args: UniMoeScriptArguments,
@@ -128,6 +128,7 @@ def run_stage(
     peft_config=None,
 ) -> tuple[UniMoeTrainer, DataReport]:
     """Trains `model` as `stage` says (`peft_config` for LoRA stages), saves it to `output_dir`."""
+    stage = get_stage(stage) if isinstance(stage, str) else stage
     train, evaluation, report = _datasets(script_args, training_args, processor)
     check_encoders(model, report)
     collator = UniMoeDataCollator(
@@ -141,7 +142,6 @@ def run_stage(
     else:
         from peft import get_peft_model
 
-        get_stage(stage)  # a known stage
         model = get_peft_model(model, peft_config)
     if training_args.activation_checkpointing:
         model.enable_input_require_grads()
@@ -154,7 +154,7 @@ def run_stage(
         data_collator=collator,
         processing_class=processor,
     )
-    trainer.accelerator.print(f"{stage}: {get_stage(stage).description}; data: {report.summary()}")
+    trainer.accelerator.print(f"{stage.name}: {stage.description}; data: {report.summary()}")
     trainer.train(resume_from_checkpoint=_resume_value(training_args.resume_from_checkpoint))
     trainer.save_model(training_args.output_dir)
     trainer.save_state()

@@ -4,7 +4,8 @@ Builds the MoE from the stage-2 experts (expert k ← `--expert_files` k, router
 N(0, initializer_range), other weights from `--model_name_or_path`, the stage-1 checkpoint) into
 `output_dir/base`, then trains a LoRA adapter (r 8, α 16, dropout 0.05 by default) on the
 attention q/k/v/o and every expert's gate/up/down, with the routers and the projectors fully
-trained (`unimoe_trl.stages.STAGES["stage3"]`, official §1.5/§5.3). `--router_aux_loss_coef 0.01`
+trained (`unimoe_trl.stages.STAGES["stage3"]`, official §1.5/§5.3; `--train_projectors false` keeps
+the stage-1 projectors). `--router_aux_loss_coef 0.01`
 adds the load-balancing loss of the 8-expert recipe. Writes the adapter to `output_dir` and,
 merged into the base, a plain checkpoint to `output_dir/merged`.
 
@@ -31,7 +32,7 @@ from safetensors.torch import load_file
 from unimoe_trl.arguments import ModelArguments, Stage3Arguments, UniMoeScriptArguments, UniMoeTrainingArguments
 from unimoe_trl.experts import assemble_moe_checkpoint, merge_lora_checkpoint
 from unimoe_trl.run import StageResult, finish, load_model, load_processor, run_stage, setup
-from unimoe_trl.stages import lora_config
+from unimoe_trl.stages import get_stage, lora_config, without_projectors
 
 
 def build_base(model_args: ModelArguments, training_args: UniMoeTrainingArguments, stage_args: Stage3Arguments) -> Path:
@@ -70,8 +71,9 @@ def main(
             f"{base} has no MoE layer: give the stage-2 experts with --expert_files to build the MoE from them."
         )
     processor = load_processor(model_args)
-    peft_config = lora_config(model, "stage3", stage_args.lora_r, stage_args.lora_alpha, stage_args.lora_dropout)
-    trainer, report = run_stage("stage3", model, processor, script_args, training_args, peft_config=peft_config)
+    stage = get_stage("stage3") if stage_args.train_projectors else without_projectors(get_stage("stage3"))
+    peft_config = lora_config(model, stage, stage_args.lora_r, stage_args.lora_alpha, stage_args.lora_dropout)
+    trainer, report = run_stage(stage, model, processor, script_args, training_args, peft_config=peft_config)
 
     files = {"adapter": Path(training_args.output_dir), "base": base}
     if stage_args.merge:

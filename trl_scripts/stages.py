@@ -19,7 +19,7 @@ frozen there, only their projectors train; routers train fully (no LoRA on them)
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -63,6 +63,13 @@ STAGES: dict[str, Stage] = {
         lora_targets=r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(experts\.\d+\.)?(gate|up|down)_proj)",
     ),
 }
+
+
+def without_projectors(stage: Stage) -> Stage:
+    """`stage` with the projectors left out of its fully trained parameters."""
+    trainable = tuple(pattern for pattern in stage.trainable if "_projector" not in pattern)
+    description = stage.description.replace("routers and projectors full", "routers full, projectors frozen")
+    return replace(stage, description=description, trainable=trainable)
 
 
 def get_stage(name: str) -> Stage:
@@ -137,4 +144,5 @@ __all__ = [
     "matching_parameters",
     "modules_to_save",
     "trainable_parameter_names",
+    "without_projectors",
 ]
