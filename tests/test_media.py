@@ -12,6 +12,7 @@ import os
 import struct
 import threading
 import time
+import wave as stdlib_wave
 import zlib
 from functools import partial
 from pathlib import Path
@@ -30,6 +31,8 @@ from modeling_unimoe.media_unimoe import (
     sample_frame_indices,
 )
 from unimoe_processing.synthetic_media import (
+    _audio_stream,
+    _encode_audio,
     frame_index_of,
     image_bytes,
     index_frame,
@@ -118,6 +121,42 @@ def test_lossy_audio_keeps_both_channels_tones(tmp_path, ext):
     assert tone_amplitude(x, 300) == pytest.approx(0.2, rel=0.15)
     assert tone_amplitude(x, 600) == pytest.approx(0.2, rel=0.15)
     assert tone_amplitude(x, 1000) < 0.01
+
+
+def _ffmpeg_decode(path: Path, target_rate: int = SR) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        return media_unimoe._decode_audio_stream(container, path, target_rate, None)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+@pytest.mark.parametrize("channels,rate", [(1, SR), (2, 44100), (3, SR)])
+def test_pcm_wav_is_read_without_ffmpeg_bit_for_bit(tmp_path, width, channels, rate):
+    # Random bytes cover every sample value, extremes included; FFmpeg's decode is the reference.
+    path = tmp_path / "a.wav"
+    with stdlib_wave.open(str(path), "wb") as w:
+        w.setnchannels(channels), w.setsampwidth(width), w.setframerate(rate)
+        w.writeframes(np.random.default_rng(width).bytes(3000 * channels * width))
+    fast = media_unimoe._read_pcm_wav(str(path), path, SR, None)
+    assert fast is not None and fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, _ffmpeg_decode(path))
+    np.testing.assert_array_equal(load_audio(path), fast)
+    np.testing.assert_array_equal(load_audio(io.BytesIO(path.read_bytes())), fast)
+
+
+def test_other_wavs_go_to_ffmpeg(tmp_path):
+    import av
+
+    tone = np.asarray(sine_wave(0.5, SR, 440.0), np.float32).reshape(-1)
+    with av.open(str(tmp_path / "f.wav"), mode="w", format="wav") as container:  # IEEE float samples
+        _encode_audio(container, _audio_stream(container, "pcm_f32le", SR, 1), tone[None, :], SR)
+    assert media_unimoe._read_pcm_wav(str(tmp_path / "f.wav"), "f.wav", SR, None) is None
+    np.testing.assert_array_equal(load_audio(tmp_path / "f.wav"), tone)
+    flac = write_audio(tmp_path / "a.flac", tone)
+    assert media_unimoe._read_pcm_wav(str(flac), "a.flac", SR, None) is None
+    with pytest.raises(MediaError, match="a.wav': audio is 3 s long, more than the maximum of 2 s"):
+        load_audio(write_audio(tmp_path / "a.wav", sine_wave(3.0)), max_seconds=2)
 
 
 def test_audio_arrays_with_sampling_rate():
