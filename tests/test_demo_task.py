@@ -247,3 +247,34 @@ def test_connector_warm_start_solves_ridge_regression_onto_the_slot_words(task):
         scale = (residual.T.abs() @ x.abs()).max()
         assert gradient.abs().max() < 1e-3 * scale
         assert residual.sum(0).abs().max() < 1e-3 * residual.abs().sum(0).max()
+
+
+def test_length_groups_give_the_padded_batch_loss_and_gradient(task):
+    # Reference: the whole batch padded to its longest record, logits at every position, mean
+    # cross-entropy over the answer tokens. Groups of 2 sorted by length must match it.
+    from unimoe_demo.pretrain import SlotEmbedding, _pad_batch, answer_loss, encode_text_records
+    from unimoe_demo.run import _dense_processor_and_model
+    from unimoe_demo.synthetic_task import slot_components
+
+    processor, model = _dense_processor_and_model(task, seed=0)
+    records = encode_text_records(processor, json.loads(task.pretrain_text.read_text())[:7])
+    assert len({len(r["input_ids"]) for r in records}) > 2
+    embed = SlotEmbedding(model.get_input_embeddings(), processor.tokenizer, slot_components())
+    pad_id = processor.tokenizer.pad_token_id
+
+    batch = _pad_batch(records, pad_id)
+    logits = model(inputs_embeds=embed(batch["input_ids"]), attention_mask=batch["attention_mask"]).logits
+    reference = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE_INDEX
+    )
+    reference.backward()
+    reference_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    grouped = answer_loss(model, embed, records, pad_id, length_group=2)
+    grouped.backward()
+    torch.testing.assert_close(grouped, reference)
+    assert reference_grads and {n for n, p in model.named_parameters() if p.grad is not None} == set(reference_grads)
+    for name, parameter in model.named_parameters():
+        if name in reference_grads:
+            torch.testing.assert_close(parameter.grad, reference_grads[name], atol=1e-6, rtol=1e-4)
