@@ -185,8 +185,8 @@ def pretrain_language_model(
     every step.
 
     Each batch runs as groups of `length_group` records of similar length, padded per group:
-    the loss and gradient of the whole padded batch (records do not see each other), with a
-    third of the tokens (the records are 20 to 69 tokens long)."""
+    the loss and gradient of the whole padded batch (records do not see each other) with about
+    two thirds of its tokens (records are 20 to 69 tokens long; a batch pads to about 67)."""
     data = encode_text_records(processor, records)
     rng = random.Random(seed)
     parameters = [p for name, p in model.named_parameters() if name.startswith(LM_PREFIXES)]
