@@ -461,8 +461,9 @@ def load_audio(
 
     Files are decoded with PyAV (any container FFmpeg reads, including the soundtrack of a
     video; integer-PCM WAV is read directly, with the same result), downmixed by averaging
-    channels and resampled with soxr. `sampling_rate` is the rate of a bare array. Audio longer than `max_seconds` is an error, checked from the header
-    before decoding when the header has a duration.
+    channels and resampled with soxr. `sampling_rate` is the rate of a bare array. Audio longer
+    than `max_seconds` is an error, checked from the header before decoding when the header has
+    a duration.
     """
     if isinstance(source, (tuple, dict)) or (hasattr(source, "shape") and not hasattr(source, "read")):
         waveform = _audio_from_array(source, sampling_rate, target_sampling_rate)
