@@ -128,7 +128,7 @@ def run_stage(
     peft_config=None,
 ) -> tuple[UniMoeTrainer, DataReport]:
     """Trains `model` as `stage` says (`peft_config` for LoRA stages), saves it to `output_dir`."""
-    stage = get_stage(stage) if isinstance(stage, str) else stage
+    stage = get_stage(stage)
     train, evaluation, report = _datasets(script_args, training_args, processor)
     check_encoders(model, report)
     collator = UniMoeDataCollator(

@@ -72,10 +72,13 @@ def without_projectors(stage: Stage) -> Stage:
     return replace(stage, description=description, trainable=trainable)
 
 
-def get_stage(name: str) -> Stage:
-    if name not in STAGES:
-        raise ValueError(f"Unknown stage {name!r}; the stages are {sorted(STAGES)}.")
-    return STAGES[name]
+def get_stage(stage: str | Stage) -> Stage:
+    """The stage of that name; a `Stage` (e.g. `without_projectors(...)`) is returned as it is."""
+    if isinstance(stage, Stage):
+        return stage
+    if stage not in STAGES:
+        raise ValueError(f"Unknown stage {stage!r}; the stages are {sorted(STAGES)}.")
+    return STAGES[stage]
 
 
 def matching_parameters(names: Iterable[str], patterns: Iterable[str]) -> list[str]:
@@ -90,7 +93,7 @@ def apply_stage(model: nn.Module, stage: str | Stage) -> list[str]:
     Raises:
         ValueError: the stage trains nothing in this model (e.g. stage 1 without any encoder).
     """
-    stage = get_stage(stage) if isinstance(stage, str) else stage
+    stage = get_stage(stage)
     names = [name for name, _ in model.named_parameters()]
     trainable = set(matching_parameters(names, stage.trainable))
     if not trainable:
@@ -104,7 +107,7 @@ def apply_stage(model: nn.Module, stage: str | Stage) -> list[str]:
 
 def modules_to_save(model: nn.Module, stage: str | Stage) -> list[str]:
     """Full names of the modules owning the fully trained parameters of a LoRA stage (PEFT's `modules_to_save`)."""
-    stage = get_stage(stage) if isinstance(stage, str) else stage
+    stage = get_stage(stage)
     names = matching_parameters((name for name, _ in model.named_parameters()), stage.trainable)
     return sorted({name.rsplit(".", 1)[0] for name in names})
 
@@ -114,7 +117,7 @@ def lora_config(model: nn.Module, stage: str | Stage = "stage3", r: int = 8, alp
     `stage.trainable` fully trained and saved with the adapter. Defaults are the official ones."""
     from peft import LoraConfig
 
-    stage = get_stage(stage) if isinstance(stage, str) else stage
+    stage = get_stage(stage)
     if stage.lora_targets is None:
         raise ValueError(f"{stage.name} trains no LoRA adapter.")
     targets = [name for name, _ in model.named_modules() if re.fullmatch(stage.lora_targets, name)]
